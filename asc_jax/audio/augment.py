@@ -1,0 +1,359 @@
+"""Pure-JAX data augmentations with storable parameters: waveform roll, frequency masking,
+Freq-MixStyle.
+
+Every augmentation is split into
+
+  * ``sample(key, batch_size, cfg) -> params``: a small pytree of per-example arrays (leading
+    axis = batch) that can be written to disk, and
+  * ``apply(x, params, cfg) -> x``: deterministic given ``params``.
+
+The split exists for knowledge distillation: teacher logits are precomputed offline under
+sampled augmentation parameters (see ``asc_jax.distill``), and the student is later fed exactly
+the same augmented input by replaying those parameters. Augmentations are registered in
+``AUGMENTATIONS`` by name; ``AugmentConfig`` has one optional field per registered name, and
+``augment_batch`` runs the enabled ones whose stage ("wave" or "mel") matches its input.
+
+Order follows the CPJKU DCASE pipeline: roll the waveform, compute the log-mel, mask a frequency
+band (torchaudio ``FrequencyMasking`` inside the mel frontend), then Freq-MixStyle.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asc_jax.registry import Registry
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """One registered augmentation.
+
+    Attributes:
+      stage: "wave" for (B, n_samples) waveforms, "mel" for (B, n_mels, n_frames) log-mels.
+      sample: ``(key, batch_size, cfg) -> params`` with per-example leading axis.
+      apply: ``(x, params, cfg) -> x``, deterministic.
+      per_example: False when the parameters couple examples of one batch (MixStyle's partner
+        index); such parameters cannot be stored per clip in a teacher-logit store.
+    """
+
+    stage: str
+    sample: Callable[[jax.Array, int, Any], Params]
+    apply: Callable[[Any, Params, Any], Any]
+    per_example: bool
+
+
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
+
+
+# ----------------------------------------------------------------------------------------------
+# Waveform roll
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RollConfig:
+    max_shift_s: float = 0.125  # largest |shift| in seconds (CPJKU: roll=4000 samples at 32 kHz)
+    sr: int = 32000  # sample rate of the waveform the shift is counted in
+
+    @property
+    def max_shift(self) -> int:
+        return int(round(self.max_shift_s * self.sr))
+
+
+def sample_roll(key: jax.Array, batch_size: int, cfg: RollConfig) -> Params:
+    """Integer shift per example, uniform in [-max_shift, max_shift] (both ends included, like
+    CPJKU's ``np.random.random_integers(-shift, shift)``)."""
+    shift = jax.random.randint(key, (batch_size,), -cfg.max_shift, cfg.max_shift + 1, jnp.int32)
+    return {"shift": shift}
+
+
+def roll_waveform(wave, shift):
+    """Circularly shift waveforms along the last axis: ``out[..., t] = wave[..., t - shift]``
+    (the ``np.roll`` / ``torch.roll`` convention).
+
+    Works on NumPy arrays on the host (the grain pipeline rolls there and reports its shift) and
+    on JAX arrays on device, with identical results: a roll is a pure gather, so both paths are
+    bit-exact.
+
+    Args:
+      wave: (..., n_samples) NumPy or JAX array.
+      shift: integer array broadcastable to ``wave.shape[:-1]`` (a scalar for one clip).
+
+    Returns:
+      The rolled waveform, same type, shape and dtype as ``wave``.
+    """
+    xp = np if isinstance(wave, np.ndarray) and isinstance(shift, (np.ndarray, np.integer, int)) else jnp
+    n = wave.shape[-1]
+    shift = xp.broadcast_to(xp.asarray(shift), wave.shape[:-1])
+    idx = xp.mod(xp.arange(n) - shift[..., None], n)
+    return xp.take_along_axis(wave, idx, axis=-1)
+
+
+def apply_roll(wave, params: Params, cfg: RollConfig | None = None):
+    del cfg  # the shift is fully described by params
+    return roll_waveform(wave, params["shift"])
+
+
+AUGMENTATIONS.register("roll")(Augmentation("wave", sample_roll, apply_roll, per_example=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Frequency masking (SpecAugment, torchaudio FrequencyMasking(iid_masks=True))
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FreqMaskConfig:
+    mask_param: int = 48  # torchaudio mask_param: width = floor(U[0, mask_param)) bins
+    n_mels: int = 256  # mel resolution the parameters are sampled for (recorded in params)
+    mask_value: float = 0.0  # value written into the band (torchaudio default 0, on the log-mel)
+
+
+def sample_freq_mask(key: jax.Array, batch_size: int, cfg: FreqMaskConfig) -> Params:
+    """One band per example, drawn exactly like torchaudio's ``mask_along_axis_iid``:
+
+        value = U[0, 1) * mask_param;  min_value = U[0, 1) * (n_mels - value)
+        start = floor(min_value);      width = floor(value)    (so width is 0 .. mask_param-1)
+
+    Returns:
+      {"start", "width", "n_mels"}: int32 (B,). ``n_mels`` records the resolution the band is
+      expressed in, so replaying on another mel resolution converts it (see
+      ``freq_mask_edges``) instead of silently misplacing it.
+    """
+    if not 0 <= cfg.mask_param <= cfg.n_mels:
+        raise ValueError(f"freq mask_param={cfg.mask_param} must lie in [0, n_mels={cfg.n_mels}]")
+    k_value, k_start = jax.random.split(key)
+    value = jax.random.uniform(k_value, (batch_size,)) * cfg.mask_param
+    min_value = jax.random.uniform(k_start, (batch_size,)) * (cfg.n_mels - value)
+    return {
+        "start": jnp.floor(min_value).astype(jnp.int32),
+        "width": jnp.floor(value).astype(jnp.int32),
+        "n_mels": jnp.full((batch_size,), cfg.n_mels, jnp.int32),
+    }
+
+
+def freq_mask_edges(params: Params, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional band edges ``[lo, hi)`` of stored masks in units of an ``n_mels``-bin frontend.
+
+    Conversion rule: both frontends are assumed to span the same mel range (same fmin/fmax), and
+    bin ``j`` of an ``n``-bin frontend is treated as the cell ``[j, j+1) / n`` of that range. A
+    band ``[start, start+width)`` sampled for ``src = params["n_mels"]`` bins therefore covers
+    ``[start, start+width) * n_mels / src`` target bins, and target bin ``j`` is masked iff its
+    centre ``j + 0.5`` lies in ``[lo, hi)``. For 128 -> 256 every band maps to exactly twice its
+    bins, ``[2 start, 2 start + 2 width)``; for an identical resolution it is the band itself.
+    Going to a coarser grid, a band narrower than one target bin may cover no centre at all.
+    """
+    scale = n_mels / np.asarray(params["n_mels"], np.float64)
+    lo = np.asarray(params["start"], np.float64) * scale
+    hi = (np.asarray(params["start"], np.float64) + np.asarray(params["width"], np.float64)) * scale
+    return lo, hi
+
+
+def freq_mask_bins(params: Params, n_mels: int) -> jax.Array:
+    """Boolean (B, n_mels) mask of the bins hit by each stored band (rule of ``freq_mask_edges``).
+
+    The centre test ``lo <= j + 0.5 < hi`` is evaluated in integers, multiplied through by
+    ``2 * src``, so the conversion is exact and identical on every backend.
+    """
+    src = jnp.asarray(params["n_mels"], jnp.int32)[:, None]
+    start = jnp.asarray(params["start"], jnp.int32)[:, None]
+    end = start + jnp.asarray(params["width"], jnp.int32)[:, None]
+    centre2 = (2 * jnp.arange(n_mels, dtype=jnp.int32) + 1)[None, :] * src
+    return (centre2 >= 2 * start * n_mels) & (centre2 < 2 * end * n_mels)
+
+
+def apply_freq_mask(mel: jax.Array, params: Params, cfg: FreqMaskConfig) -> jax.Array:
+    """Write ``cfg.mask_value`` into each example's band of a (B, n_mels, n_frames) log-mel."""
+    mask = freq_mask_bins(params, mel.shape[-2])
+    return jnp.where(mask[:, :, None], jnp.asarray(cfg.mask_value, mel.dtype), mel)
+
+
+AUGMENTATIONS.register("freq_mask")(
+    Augmentation("mel", sample_freq_mask, apply_freq_mask, per_example=True)
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Freq-MixStyle
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MixStyleConfig:
+    alpha: float = 0.3  # Beta(alpha, alpha) for the mixing weight lambda
+    p: float = 0.7  # probability of applying MixStyle
+    eps: float = 1e-6  # added to the variance before the square root (reference value)
+    # The reference flips ONE coin per batch (`if np.random.rand() > p: return x`); True flips an
+    # independent coin per example instead. Both are stored as a per-example flag.
+    per_example: bool = False
+
+
+def sample_mixstyle(key: jax.Array, batch_size: int, cfg: MixStyleConfig) -> Params:
+    """Returns {"apply": bool (B,), "lmda": float32 (B,), "perm": int32 (B,) partner index}."""
+    k_apply, k_lmda, k_perm = jax.random.split(key, 3)
+    coin_shape = (batch_size,) if cfg.per_example else ()
+    apply = jnp.broadcast_to(jax.random.uniform(k_apply, coin_shape) < cfg.p, (batch_size,))
+    lmda = jax.random.beta(k_lmda, cfg.alpha, cfg.alpha, (batch_size,), jnp.float32)
+    perm = jax.random.permutation(k_perm, batch_size).astype(jnp.int32)
+    return {"apply": apply, "lmda": lmda, "perm": perm}
+
+
+def apply_mixstyle(mel: jax.Array, params: Params, cfg: MixStyleConfig) -> jax.Array:
+    """Freq-MixStyle on a (B, n_mels, n_frames) log-mel.
+
+    Transcribes ``mixstyle`` from the CPJKU DCASE code (cpjku_dcase23 ``helpers/utils.py``,
+    CPJKU/dcase2024_task1_baseline ``helpers/utils.py``; there the input is (B, 1, F, T) and the
+    statistics are taken over dims [1, 3], i.e. per example and frequency bin over time):
+
+        f_mu = x.mean(dim=[1, 3]); f_sig = sqrt(x.var(dim=[1, 3]) + eps)   # torch var: ddof=1
+        f_mu, f_sig = detach(...)
+        x_normed = (x - f_mu) / f_sig
+        lmda ~ Beta(alpha, alpha) per example; perm = randperm(B)
+        mu_mix = f_mu * lmda + f_mu[perm] * (1 - lmda)   (same for sig)
+        x = x_normed * sig_mix + mu_mix
+
+    Here the coin flip, ``lmda`` and ``perm`` come from ``params``; examples whose ``apply`` flag
+    is False are returned unchanged (bit-exact).
+    """
+    mu = jnp.mean(mel, axis=-1, keepdims=True)
+    sig = jnp.sqrt(jnp.var(mel, axis=-1, ddof=1, keepdims=True) + cfg.eps)
+    mu, sig = jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sig)
+    x_normed = (mel - mu) / sig
+    lmda = params["lmda"].astype(mel.dtype)[:, None, None]
+    perm = params["perm"]
+    mu_mix = mu * lmda + mu[perm] * (1 - lmda)
+    sig_mix = sig * lmda + sig[perm] * (1 - lmda)
+    return jnp.where(params["apply"][:, None, None], x_normed * sig_mix + mu_mix, mel)
+
+
+AUGMENTATIONS.register("mixstyle")(
+    Augmentation("mel", sample_mixstyle, apply_mixstyle, per_example=False)
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Composition
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """One field per registered augmentation (field name = registry name); None disables it.
+
+    Field order is application order within a stage.
+    """
+
+    roll: RollConfig | None = RollConfig()  # waveform roll
+    freq_mask: FreqMaskConfig | None = FreqMaskConfig()  # one frequency band masked per example
+    mixstyle: MixStyleConfig | None = MixStyleConfig()  # Freq-MixStyle (couples the batch)
+
+
+_SUB_CONFIGS = {"roll": RollConfig, "freq_mask": FreqMaskConfig, "mixstyle": MixStyleConfig}
+
+
+def _enabled(cfg: AugmentConfig) -> list[tuple[int, str, Augmentation, Any]]:
+    """(field index, name, augmentation, sub-config) of every enabled augmentation, in order.
+
+    The field index (not the position among enabled ones) keys the PRNG, so disabling one
+    augmentation does not change what the others sample.
+    """
+    out = []
+    for i, field in enumerate(dataclasses.fields(cfg)):
+        sub = getattr(cfg, field.name)
+        if sub is not None:
+            out.append((i, field.name, AUGMENTATIONS.get(field.name), sub))
+    return out
+
+
+def _stage_of(x) -> str:
+    if x.ndim == 2:
+        return "wave"
+    if x.ndim == 3:
+        return "mel"
+    raise ValueError(
+        f"augment input must be a (B, n_samples) waveform or (B, n_mels, n_frames) log-mel batch, "
+        f"got shape {x.shape}"
+    )
+
+
+def augment_batch(
+    key: jax.Array, x: jax.Array, cfg: AugmentConfig, params: Params | None = None
+) -> tuple[jax.Array, Params]:
+    """Augment a batch on device, sampling whatever ``params`` does not provide.
+
+    The stage is read from the rank: (B, n_samples) runs the "wave" augmentations, (B, n_mels,
+    n_frames) the "mel" ones. Jit with ``cfg`` static.
+
+    Args:
+      key: PRNG key; augmentation ``i`` of the config uses ``fold_in(key, i)``.
+      x: waveform or log-mel batch.
+      cfg: which augmentations run and their settings.
+      params: optional {name: params} to replay (e.g. from a teacher-logit store, or the shift
+        the host pipeline already applied); names missing here are sampled.
+
+    Returns:
+      (augmented batch, {name: params used}) for the augmentations of this stage.
+    """
+    stage = _stage_of(x)
+    params = params or {}
+    used = {}
+    for i, name, aug, sub in _enabled(cfg):
+        if aug.stage != stage:
+            continue
+        p = params[name] if name in params else aug.sample(jax.random.fold_in(key, i), x.shape[0], sub)
+        x = aug.apply(x, p, sub)
+        used[name] = p
+    return x, used
+
+
+def apply_augment(x: jax.Array, params: Params, cfg: AugmentConfig) -> jax.Array:
+    """Replay stored parameters: apply every enabled augmentation of ``x``'s stage, each of which
+    must have its parameters in ``params`` (a missing one is an error, never sampled)."""
+    stage = _stage_of(x)
+    for _, name, aug, sub in _enabled(cfg):
+        if aug.stage != stage:
+            continue
+        if name not in params:
+            raise KeyError(f"no stored parameters for augmentation {name!r}; have {sorted(params)}")
+        x = aug.apply(x, params[name], sub)
+    return x
+
+
+def example_sampler(cfg: AugmentConfig) -> Callable[[jax.Array], Params]:
+    """Per-clip sampler for a teacher-logit store: ``keys (B,) -> {name: params (B, ...)}``.
+
+    Each example's parameters depend only on its own key, so a store can derive the key from
+    (seed, clip index, view) and be reproducible whatever the batching. Covers both stages.
+
+    Raises:
+      ValueError: if ``cfg`` enables an augmentation whose parameters couple the batch
+        (MixStyle): disable it in the store's config and let student training apply it fresh.
+    """
+    ops = _enabled(cfg)
+    coupled = [name for _, name, aug, _ in ops if not aug.per_example]
+    if coupled:
+        raise ValueError(
+            f"augmentations {coupled} couple the examples of a batch and cannot be stored per "
+            "clip; set them to None in the store's AugmentConfig (apply them fresh in training)"
+        )
+
+    def one(key):
+        return {
+            name: jax.tree.map(lambda a: a[0], aug.sample(jax.random.fold_in(key, i), 1, sub))
+            for i, name, aug, sub in ops
+        }
+
+    return jax.jit(jax.vmap(one))
+
+
+def config_to_dict(cfg: AugmentConfig) -> dict:
+    """JSON-able description of ``cfg`` (for store headers); inverse of ``config_from_dict``."""
+    return {name: (None if sub is None else dataclasses.asdict(sub)) for name, sub in
+            ((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))}
+
+
+def config_from_dict(d: dict) -> AugmentConfig:
+    unknown = set(d) - set(_SUB_CONFIGS)
+    if unknown:
+        raise ValueError(f"unknown augmentations {sorted(unknown)}; known: {sorted(_SUB_CONFIGS)}")
+    return AugmentConfig(**{
+        name: (None if d.get(name) is None else _SUB_CONFIGS[name](**d[name])) for name in _SUB_CONFIGS
+    })
