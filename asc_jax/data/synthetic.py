@@ -105,9 +105,15 @@ class Recording:
 F32 = np.float32
 
 
+def _readonly(x: np.ndarray) -> np.ndarray:
+    """Cached arrays are shared by all recordings (and threads): forbid in-place edits."""
+    x.setflags(write=False)
+    return x
+
+
 @lru_cache(maxsize=4)
 def _freqs(n: int, sr: int) -> np.ndarray:
-    return np.fft.rfftfreq(n, 1.0 / sr).astype(F32)
+    return _readonly(np.fft.rfftfreq(n, 1.0 / sr).astype(F32))
 
 
 @lru_cache(maxsize=256)
@@ -119,14 +125,14 @@ def _bandpass(n: int, sr: int, lo: float | None, hi: float | None, order: int = 
         mag /= np.sqrt(1.0 + (lo / np.maximum(f, 1e-3)) ** (2 * order))
     if hi is not None:
         mag /= np.sqrt(1.0 + (f / hi) ** (2 * order))
-    return mag.astype(F32)
+    return _readonly(mag.astype(F32))
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)
 def _slope(n: int, sr: int, db_per_octave: float) -> np.ndarray:
     """Spectral tilt around 1 kHz: -3 dB/oct is pink, -6 dB/oct brown."""
     f = np.maximum(_freqs(n, sr), F32(20.0))
-    return (10.0 ** (db_per_octave * np.log2(f / 1000.0) / 20.0)).astype(F32)
+    return _readonly((10.0 ** (db_per_octave * np.log2(f / 1000.0) / 20.0)).astype(F32))
 
 
 def _peak(n: int, sr: int, fc: float, gain_db: float, octaves: float) -> np.ndarray:
@@ -289,7 +295,7 @@ _VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2
 @lru_cache(maxsize=2)
 def _vowel_filters(n: int, sr: int) -> np.ndarray:
     bank = [sum(_peak(n, sr, fc, 24.0, 0.12) for fc in formants) for formants in _VOWELS]
-    return np.stack(bank) * _bandpass(n, sr, 80.0, 5000.0, 2)
+    return _readonly(np.stack(bank) * _bandpass(n, sr, 80.0, 5000.0, 2))
 
 
 def _babble(rng: np.random.Generator, n: int, sr: int, talkers: int) -> np.ndarray:
@@ -579,7 +585,7 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
 
 @lru_cache(maxsize=16)
 def _device_response(device: str, n: int, sr: int) -> np.ndarray:
-    return DEVICE_MODELS[device].response(n, sr)
+    return _readonly(DEVICE_MODELS[device].response(n, sr))
 
 
 def apply_device(spec: np.ndarray, n: int, sr: int, device: str, rng: np.random.Generator) -> np.ndarray:
