@@ -40,6 +40,67 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
+def depthwise_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    """Depthwise conv (odd kernel, "same" padding) as a sum of strided, shifted slices.
+
+    Numerically the same convolution as `lax.conv_general_dilated(..., feature_group_count=C)`
+    (only the summation order differs). It exists for speed: XLA:CPU lowers the gradient of a
+    grouped convolution to a generic loop that is ~10x slower than these elementwise ops
+    (benchmarks/train_step.py), which makes CPU training (CI, the demo) impractical.
+    """
+    kh, kw = kernel.shape[:2]
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    out_h = (x.shape[1] + 2 * ph - kh) // strides[0] + 1
+    out_w = (x.shape[2] + 2 * pw - kw) // strides[1] + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = jax.lax.slice(
+                padded, (0, i, j, 0),
+                (x.shape[0], i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, x.shape[3]),
+                (1, strides[0], strides[1], 1))
+            term = tap * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nnx.Conv):
+    """nnx.Conv with feature_group_count == channels, computed by `depthwise_taps` on CPU.
+
+    Same parameters and tree as nnx.Conv (so fusion, pruning, conversion and MAC counting treat
+    it as a conv); only the lowering differs. On GPU/TPU the XLA convolution is used.
+    """
+
+    def __init__(self, channels: int, kernel: tuple[int, int], strides: tuple[int, int], *,
+                 use_bias: bool, rngs: nnx.Rngs):
+        super().__init__(channels, channels, kernel, strides=strides, padding=same_padding(kernel),
+                         feature_group_count=channels, use_bias=use_bias, kernel_init=conv_init,
+                         rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if jax.default_backend() != "cpu":
+            return super().__call__(x)
+        y = depthwise_taps(x, self.kernel[...], _pair(self.strides))
+        return y + self.bias[...] if self.bias is not None else y
+
+
+class PointwiseConv(nnx.Conv):
+    """1x1, stride-1 nnx.Conv computed as a matmul over the channel axis.
+
+    Same parameters as nnx.Conv. XLA:CPU runs the conv form's gradient ~3x slower than the
+    equivalent dot_general; accelerators lower both to the same GEMM.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, use_bias: bool, rngs: nnx.Rngs):
+        super().__init__(in_channels, out_channels, (1, 1), use_bias=use_bias, kernel_init=conv_init,
+                         rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum("...c,co->...o", x, self.kernel[0, 0])
+        return y + self.bias[...] if self.bias is not None else y
+
+
 class ConvBN(nnx.Module):
     """Conv2d -> BatchNorm -> optional ReLU; with `deploy=True` a single Conv2d with bias.
 
@@ -60,17 +121,22 @@ class ConvBN(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kernel = _pair(kernel_size)
-        self.conv = nnx.Conv(
-            in_channels,
-            out_channels,
-            kernel,
-            strides=_pair(stride),
-            padding=same_padding(kernel),
-            feature_group_count=groups,
-            use_bias=deploy,
-            kernel_init=conv_init,
-            rngs=rngs,
-        )
+        if groups == in_channels == out_channels and groups > 1:
+            self.conv = DepthwiseConv(out_channels, kernel, _pair(stride), use_bias=deploy, rngs=rngs)
+        elif kernel == (1, 1) and _pair(stride) == (1, 1) and groups == 1:
+            self.conv = PointwiseConv(in_channels, out_channels, use_bias=deploy, rngs=rngs)
+        else:
+            self.conv = nnx.Conv(
+                in_channels,
+                out_channels,
+                kernel,
+                strides=_pair(stride),
+                padding=same_padding(kernel),
+                feature_group_count=groups,
+                use_bias=deploy,
+                kernel_init=conv_init,
+                rngs=rngs,
+            )
         self.bn = None if deploy else nnx.BatchNorm(
             out_channels, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
         self.act = act

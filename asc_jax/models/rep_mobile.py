@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from asc_jax.models.layers import GRN, ConvBN, avg_pool_3x3, conv_init, make_divisible
+from asc_jax.models.layers import GRN, ConvBN, DepthwiseConv, avg_pool_3x3, make_divisible
 from asc_jax.models.registry import MODELS
 
 # Training-time depthwise branches: name -> kernel (freq, time).
@@ -83,10 +83,7 @@ class RepDepthwise(nnx.Module):
         kernels = [BRANCH_KERNELS[b] for b in branches]
         self.kernel = (max(k[0] for k in kernels), max(k[1] for k in kernels))
         if deploy:
-            pad = tuple(((k - 1) // 2,) * 2 for k in self.kernel)
-            self.fused = nnx.Conv(channels, channels, self.kernel, strides=stride, padding=pad,
-                                  feature_group_count=channels, use_bias=True,
-                                  kernel_init=conv_init, rngs=rngs)
+            self.fused = DepthwiseConv(channels, self.kernel, stride, use_bias=True, rngs=rngs)
             self.branches = None
         else:
             self.fused = None
