@@ -8,7 +8,7 @@ Examples:
   python convert_weights.py --arch cp_resnet --torch-ckpt teacher.ckpt --prefix net. \
       --key-map cp_resnet_keys.json --num-classes 10 --out workdirs/cp_resnet
 
-The result restores with `asc_jax.convert.load_model(out)`. All logic lives in `asc_jax.convert`.
+The result restores with `asc_jax.checkpoint.load_model(out)`. All logic lives in `asc_jax.convert`.
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ The pipeline is declarative and strict (big_vision `models/common.py:merge_param
 3. `merge_params` merges the mapped arrays into a freshly initialised model's weights and fails
    with the full list of missing, unexpected and mis-shaped keys; only keys matched by `dont_load`
    (the classifier, when replacing the head for a new class count) keep their fresh init.
-4. `save_weights` stores the weights (Orbax) with the model's registry name and options
-   (model.json), in the layout of `asc_jax.checkpoint.save_model`; `load_model` / `restore_weights`
+4. `asc_jax.checkpoint.save_model` stores the weights (Orbax) with the model's registry name and
+   options (model.json); `asc_jax.checkpoint.load_model` / `restore_weights`
    restore them into an `nnx.eval_shape` abstract model.
 
 PyTorch is optional: it is imported only when a torch checkpoint is read.
@@ -26,16 +26,16 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 import asc_jax.models  # noqa: F401  (registers the model zoo)
 import asc_jax.models.passt  # noqa: F401  (registers "passt")
+from asc_jax.checkpoint import WEIGHTS, save_model
 from asc_jax.models.registry import MODELS
 from asc_jax.registry import Registry
+from asc_jax.surgery import check_tree_match
 
 # The model state a weight file holds: parameters and BatchNorm running statistics, not RNG state.
-WEIGHTS = (nnx.Param, nnx.BatchStat)
 
 TRANSFORMS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("weight transform")
 TRANSFORMS.register("identity")(lambda w: w)
@@ -125,32 +125,6 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
     return any(re.fullmatch(p, key) for p in patterns)
 
 
-def _check_match(got: Mapping[str, tuple], expected: Mapping[str, tuple], *, what: str) -> None:
-    """Raises ValueError listing every missing, unexpected and mis-shaped key of {path: shape}."""
-    missing = sorted(k for k in expected if k not in got)
-    unexpected = sorted(k for k in got if k not in expected)
-    mis_shaped = sorted(f"{k}: checkpoint {tuple(got[k])} vs model {tuple(expected[k])}"
-                        for k in expected if k in got and tuple(got[k]) != tuple(expected[k]))
-    problems = [(title, keys) for title, keys in (
-        ("missing from the checkpoint", missing), ("not in the model", unexpected),
-        ("with the wrong shape", mis_shaped)) if keys]
-    if problems:
-        lines = [f"{len(keys)} key(s) {title}:\n  " + "\n  ".join(keys) for title, keys in problems]
-        raise ValueError(f"{what} failed\n" + "\n".join(lines))
-
-
-def _flat_shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple]:
-    """{"a/b/0/c": shape} of a nested dict of arrays (or orbax metadata / ShapeDtypeStructs)."""
-    out: dict[str, tuple] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flat_shapes(value, path + "/"))
-        else:
-            out[path] = tuple(value.shape)
-    return out
-
-
 def merge_params(loaded: Mapping[str, Any], inited: Mapping[str, Any], *,
                  dont_load: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Strictly merges flat loaded weights into flat initialised weights.
@@ -168,9 +142,9 @@ def merge_params(loaded: Mapping[str, Any], inited: Mapping[str, Any], *,
       ValueError: listing every inited key missing from `loaded`, every loaded key the model does
         not have, and every shape mismatch, all at once.
     """
-    _check_match({k: np.shape(v) for k, v in loaded.items() if not _matches(k, dont_load)},
-                 {k: np.shape(v) for k, v in inited.items() if not _matches(k, dont_load)},
-                 what="strict weight merge")
+    check_tree_match({k: v for k, v in loaded.items() if not _matches(k, dont_load)},
+                     {k: v for k, v in inited.items() if not _matches(k, dont_load)},
+                     what="strict weight merge")
     return {k: (np.asarray(v) if _matches(k, dont_load)
                 else np.asarray(loaded[k], dtype=np.asarray(v).dtype))
             for k, v in inited.items()}
@@ -269,72 +243,6 @@ def load_state_dict(path: str | Path, *, prefix: str = "") -> dict[str, np.ndarr
     return raw
 
 
-def save_weights(directory: str | Path, model: nnx.Module, *, arch: str,
-                 options: Mapping[str, Any], **extra: Any) -> Path:
-    """Saves the model's weights (orbax) and how to rebuild it (model.json).
-
-    Layout, shared with `asc_jax.checkpoint.save_model`: `directory/weights` holds the parameters
-    and batch statistics as a pure dict (no RNG state), `directory/model.json` holds
-    {"model": {"name": arch, "options": options, "deploy": false}, **extra}.
-
-    Returns:
-      The absolute directory.
-    """
-    directory = Path(directory).absolute()
-    spec = json.dumps({"model": {"name": arch, "options": dict(options), "deploy": False}, **extra},
-                      indent=2)  # Fails before writing anything if the options are not JSON.
-    directory.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / "weights", nnx.to_pure_dict(nnx.state(model, WEIGHTS)))
-    (directory / "model.json").write_text(spec)
-    return directory
-
-
-def read_spec(directory: str | Path) -> dict[str, Any]:
-    """The model.json written by `save_weights`."""
-    path = Path(directory).absolute() / "model.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {directory} holds no saved asc-jax model")
-    return json.loads(path.read_text())
-
-
-def restore_weights(directory: str | Path, model: nnx.Module) -> nnx.Module:
-    """Restores saved weights into `model` (concrete, or abstract from `nnx.eval_shape`), in place.
-
-    Raises:
-      ValueError: listing every missing, unexpected and mis-shaped weight.
-    """
-    weights = Path(directory).absolute() / "weights"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing: {directory} holds no saved asc-jax model")
-    state = nnx.state(model, WEIGHTS)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
-    with ocp.StandardCheckpointer() as ckptr:
-        stored = ckptr.metadata(weights).item_metadata.tree
-        _check_match(_flat_shapes(stored), _flat_shapes(target), what=f"checkpoint {weights}")
-        restored = ckptr.restore(weights, target)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
-    return model
-
-
-def load_model(directory: str | Path, *, seed: int = 0) -> nnx.Module:
-    """Builds the saved model abstractly, restores its weights and initialises the rest from `seed`.
-
-    Only non-weight state (RNG streams for dropout / patchout) is initialised, inside `jax.jit`
-    so that XLA prunes the unused weight initialisers.
-    """
-    spec = read_spec(directory)["model"]
-
-    def build() -> nnx.Module:
-        return MODELS.get(spec["name"])(rngs=nnx.Rngs(seed), deploy=spec.get("deploy", False),
-                                        **spec["options"])
-
-    model = restore_weights(directory, nnx.eval_shape(build))
-    nnx.update(model, jax.jit(lambda: nnx.state(build(), nnx.Not(WEIGHTS)))())
-    return model
-
-
 def convert_checkpoint(arch: str, checkpoint: str | Path, out: str | Path, *,
                        n_classes: int | None = None, variant: str | None = None,
                        key_map: KeyMap | None = None, prefix: str = "",
@@ -371,6 +279,6 @@ def convert_checkpoint(arch: str, checkpoint: str | Path, out: str | Path, *,
         logging.info("checkpoint classifier differs from n_classes=%d: re-initialising the head",
                      n_classes)
     convert_state_dict(model, state_dict, key_map, replace_head=replace_head)
-    save_weights(out, model, arch=arch, options=kwargs, converted_from=str(Path(checkpoint).absolute()),
-                 replaced_head=replace_head)
+    save_model(out, model, name=arch, options=kwargs, converted_from=str(Path(checkpoint).absolute()),
+               replaced_head=replace_head)
     return model

@@ -28,33 +28,36 @@ def flatten(tree: dict, prefix: Path = ()) -> dict[Path, Any]:
     return out
 
 
-def _fmt(path: Path) -> str:
-    return "/".join(str(p) for p in path)
+def _shape(leaf: Any) -> tuple[int, ...]:
+    return tuple(leaf.shape) if hasattr(leaf, "shape") else tuple(np.shape(leaf))
 
 
-def check_tree_match(got: dict, expected: dict, *, what: str = "tree") -> None:
-    """Raises ValueError listing every missing, unexpected and mis-shaped leaf."""
-    got_flat, exp_flat = flatten(got), flatten(expected)
-    missing = sorted(_fmt(p) for p in exp_flat.keys() - got_flat.keys())
-    unexpected = sorted(_fmt(p) for p in got_flat.keys() - exp_flat.keys())
-    shapes = sorted(
-        f"{_fmt(p)}: got {np.shape(got_flat[p])}, expected {np.shape(exp_flat[p])}"
-        for p in got_flat.keys() & exp_flat.keys()
-        if tuple(np.shape(got_flat[p])) != tuple(np.shape(exp_flat[p])))
-    if missing or unexpected or shapes:
-        lines = [f"{what} does not match the target module:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
-                             + (" ..." if len(items) > 20 else ""))
-        raise ValueError("\n".join(lines))
+def check_tree_match(got: dict, expected: dict, *, what: str = "loading weights") -> None:
+    """Raises ValueError listing every missing, unexpected and mis-shaped leaf, all at once.
+
+    `got` is the incoming tree (a checkpoint, a fused or sliced tree), `expected` the target
+    module's. Paths compare as strings: serialisers (orbax, JSON) turn nnx.List's integer keys
+    into text.
+    """
+    got_flat = {"/".join(map(str, p)): v for p, v in flatten(got).items()}
+    exp_flat = {"/".join(map(str, p)): v for p, v in flatten(expected).items()}
+    missing = sorted(k for k in exp_flat if k not in got_flat)
+    unexpected = sorted(k for k in got_flat if k not in exp_flat)
+    mis_shaped = sorted(f"{k}: checkpoint {_shape(got_flat[k])} vs model {_shape(exp_flat[k])}"
+                        for k in exp_flat if k in got_flat and _shape(got_flat[k]) != _shape(exp_flat[k]))
+    problems = [(title, keys) for title, keys in (
+        ("missing from the checkpoint", missing), ("not in the model", unexpected),
+        ("with the wrong shape", mis_shaped)) if keys]
+    if problems:
+        lines = [f"{len(keys)} key(s) {title}:\n  " + "\n  ".join(keys) for title, keys in problems]
+        raise ValueError(f"{what} failed\n" + "\n".join(lines))
 
 
 def load_into(build: Callable[[], nnx.Module], tree: dict) -> nnx.Module:
     """Builds `build()` abstractly (nnx.eval_shape, no allocation) and fills it with `tree`."""
     abstract = nnx.eval_shape(build)
     graphdef, state = nnx.split(abstract)
-    check_tree_match(tree, state.to_pure_dict())
+    check_tree_match(tree, state.to_pure_dict(), what="loading a surgically derived tree")
     nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, tree))
     return nnx.merge(graphdef, state)
 

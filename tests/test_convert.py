@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 import convert_weights
-from asc_jax.convert import (KEY_MAPS, KeyMap, convert_state_dict, flat_weights, load_model,
-                             load_state_dict, map_state_dict, merge_params, read_spec,
-                             restore_weights, save_weights)
+from asc_jax.checkpoint import load_model, read_spec, restore_weights, save_model
+from asc_jax.convert import (KEY_MAPS, KeyMap, convert_state_dict, flat_weights, load_state_dict,
+                             map_state_dict, merge_params)
 from asc_jax.models.passt import passt
 
 TINY = dict(depth=1, embed_dim=32, num_heads=4, n_frames=200)
@@ -157,13 +157,13 @@ def test_passt_key_map_round_trip_and_head_replacement():
 def test_orbax_round_trip_into_abstract_model(tmp_path):
     kwargs = dict(n_classes=4, s_patchout_t=2, **TINY)
     model = passt(rngs=nnx.Rngs(3), **kwargs)
-    out = save_weights(tmp_path / "ckpt", model, arch="passt", options=kwargs)
+    out = save_model(tmp_path / "ckpt", model, name="passt", options=kwargs)
     assert read_spec(out) == {"model": {"name": "passt", "options": kwargs, "deploy": False}}
 
     abstract = nnx.eval_shape(lambda: passt(rngs=nnx.Rngs(0), **kwargs))
     _assert_same_weights(restore_weights(out, abstract), model)
 
-    loaded = load_model(out)
+    loaded = load_model(out)[0]
     _assert_same_weights(loaded, model)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 128, 120)), jnp.float32)
     np.testing.assert_array_equal(_forward(loaded, x)[0], _forward(model, x)[0])
@@ -172,21 +172,12 @@ def test_orbax_round_trip_into_abstract_model(tmp_path):
 
 
 def test_restore_weights_rejects_a_different_model(tmp_path):
-    out = save_weights(tmp_path / "ckpt", passt(rngs=nnx.Rngs(0), n_classes=4, **TINY), arch="passt",
+    out = save_model(tmp_path / "ckpt", passt(rngs=nnx.Rngs(0), n_classes=4, **TINY), name="passt",
                        options={})
     with pytest.raises(ValueError, match=r"head/kernel: checkpoint \(32, 4\) vs model \(32, 3\)"):
         restore_weights(out, nnx.eval_shape(lambda: passt(rngs=nnx.Rngs(0), n_classes=3, **TINY)))
     with pytest.raises(FileNotFoundError, match="model.json"):
-        load_model(tmp_path)
-
-
-def test_project_checkpoint_loader_reads_converted_weights(tmp_path):
-    checkpoint = pytest.importorskip("asc_jax.checkpoint")
-    model = passt(rngs=nnx.Rngs(3), n_classes=4, **TINY)
-    out = save_weights(tmp_path / "ckpt", model, arch="passt", options=dict(n_classes=4, **TINY))
-    loaded, spec = checkpoint.load_model(out)
-    assert spec["model"]["name"] == "passt"
-    _assert_same_weights(loaded, model)
+        load_model(tmp_path)[0]
 
 
 def test_cli_converts_npz_with_head_replacement(tmp_path):
@@ -198,7 +189,7 @@ def test_cli_converts_npz_with_head_replacement(tmp_path):
                           "--num-classes", "3", "--prefix", "net.", "--model-kwargs", json.dumps(TINY)])
     spec = read_spec(out)
     assert spec["model"]["options"] == {**TINY, "n_classes": 3} and spec["replaced_head"]
-    converted = load_model(out)
+    converted = load_model(out)[0]
     assert converted.head.kernel.shape == (32, 3)
     _assert_same_weights(converted, passt(rngs=nnx.Rngs(1), n_classes=5, **TINY),
                          skip=("head/kernel", "head/bias"))

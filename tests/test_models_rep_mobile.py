@@ -101,7 +101,7 @@ def test_fuse_reads_eps_from_modules(randomize):
 
 def test_fuse_rejects_a_mismatched_deploy_module(randomize):
     model = build_model("rep_mobile", rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="wrong shape"):
+    with pytest.raises(ValueError, match="with the wrong shape"):
         fuse(model, lambda: build_model("rep_mobile", base_channels=40, deploy=True, rngs=nnx.Rngs(0)))
 
 

@@ -20,7 +20,8 @@ from flax import nnx
 
 import convert_weights
 from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, kaldi_mel_banks, passt_logmel
-from asc_jax.convert import KEY_MAPS, convert_state_dict, load_model
+from asc_jax.checkpoint import load_model
+from asc_jax.convert import KEY_MAPS, convert_state_dict
 from asc_jax.models.passt import passt
 from asc_jax.models.registry import MODELS
 
@@ -139,7 +140,7 @@ def test_cli_converts_torch_checkpoint_end_to_end(hear21passt, tmp_path):
     convert_weights.main(["--arch", "passt", "--torch-ckpt", str(tmp_path / "t.ckpt"), "--prefix", "net.",
                           "--out", str(tmp_path / "out"), "--num-classes", "10",
                           "--model-kwargs", json.dumps(dict(embed_dim=32, depth=1, num_heads=4))])
-    model = load_model(tmp_path / "out")
+    model = load_model(tmp_path / "out")[0]
     x = np.random.default_rng(2).normal(size=(1, 128, 100)).astype(np.float32)  # a 1 s clip
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)[:, None])[0].numpy()
