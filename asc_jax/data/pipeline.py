@@ -3,7 +3,7 @@
 Training (DESIGN rule 9):
 
   MapDataset.source(ClipSource).seed(seed).shuffle().repeat(num_epochs)
-    .random_map(RollWaveform).random_map(AttachExtra)?.batch(B, drop_remainder=True)
+    .random_map(AttachExtra)?.random_map(RollWaveform).batch(B, drop_remainder=True)
     .to_iter_dataset(ReadOptions)  [.mp_prefetch(MultiprocessingOptions)]
 
 yields {"audio": (B, T) float32, "label": (B,) int32, "index": (B,) int32, "roll": (B,) int32}
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
+import jax
 import numpy as np
 from absl import flags
 
@@ -34,8 +35,9 @@ from asc_jax.data.tau import TAU_SAMPLE_RATE, BadClipError, Clip, clip_path, loa
 # Leaves must have the same shape for every index (they are stacked into the batch). rng is
 # the element's own generator, for random choices (e.g. one of several stored views) that
 # must stay reproducible on resume. With worker_count > 0 it must pickle (no lambdas).
-# When the extras carry augmentation parameters to replay (a teacher store's rolls), pass
-# max_roll_ms=0 so the host does not roll on top of them; the step replays them on device.
+# When the extras carry a stored roll ({"aug": {"roll": {"shift"}}}, a teacher store's view),
+# RollWaveform applies that shift instead of drawing one, so the student hears what the
+# teacher heard.
 ExtraFn = Callable[[int, np.random.Generator], dict[str, Any]]
 
 BASE_KEYS = ("audio", "label", "index", "roll")
@@ -109,7 +111,9 @@ class RollWaveform(grain.transforms.RandomMap):
     max_shift: int
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        shift = int(rng.integers(-self.max_shift, self.max_shift + 1))
+        stored = element.get("aug", {}).get("roll")
+        # A teacher-logit store fixes the shift its teacher saw (attached by AttachExtra first).
+        shift = int(stored["shift"]) if stored is not None else int(rng.integers(-self.max_shift, self.max_shift + 1))
         return {**element, "audio": np.roll(element["audio"], shift), "roll": np.int32(shift)}
 
 
@@ -182,9 +186,9 @@ def train_dataset(
         raise ValueError(f"{len(source)} clips cannot fill one batch of {batch_size}")
     max_shift = round(max_roll_ms * sr / 1000.0)
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
-    ds = ds.random_map(RollWaveform(max_shift))
     if extra is not None:
         ds = ds.random_map(AttachExtra(extra))
+    ds = ds.random_map(RollWaveform(max_shift))
     ds = ds.batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2))
     if worker_count > 0:

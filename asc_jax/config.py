@@ -1,0 +1,181 @@
+"""Typed, frozen experiment configuration.
+
+A config file in `configs/` defines `get_config(arg: str | None) -> Config`; `arg` is the text
+after the colon in `--config configs/x.py:split=25,width=96` (parsed by `parse_variant`).
+`--set optim.lr=0.005` overrides any field by dotted path (`override`), type-checked against the
+field's declared type, so a typo fails before any work is done.
+"""
+from __future__ import annotations
+
+import ast
+import collections.abc
+import dataclasses
+import importlib.util
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import optax
+from flax import nnx
+
+from asc_jax.audio.augment import AugmentConfig
+from asc_jax.audio.features import MelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/synthetic_tau"  # Dataset root in TAU layout (meta.csv, split*.csv, audio/).
+    generate: bool = True  # Generate the embedded synthetic dataset at `root` if it is missing.
+    # asc_jax.data.synthetic.SyntheticConfig overrides for the generated set (size, seed).
+    synthetic: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    train_split: str = "100"  # DCASE2024 split: "5", "10", "25", "50" or "100" (percent).
+    eval_split: str = "test"  # Split evaluated during and after training.
+    cache_audio: bool = True  # Keep decoded 32 kHz clips in RAM after the first read.
+    worker_count: int = 0  # grain worker processes (0 = in-process).
+    on_error: str = "raise"  # Bad clips: "raise", or "skip" (reported, never silent).
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "rep_mobile"  # Registered model name (asc_jax.models.MODELS).
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Model config overrides.
+
+    def build(self, rngs: nnx.Rngs, *, deploy: bool = False) -> nnx.Module:
+        from asc_jax.models import build_model
+        kwargs = dict(self.options)
+        if deploy:
+            kwargs["deploy"] = True
+        return build_model(self.name, rngs=rngs, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.01  # Peak learning rate (paper: 0.01).
+    epochs: int = 150  # Training epochs (paper: 150).
+    warmup_epochs: int = 5  # Linear warmup 0 -> lr, then cosine decay to 0 (paper: 5).
+    batch_size: int = 128  # Global batch size (paper: 128).
+    b1: float = 0.9  # Adam beta1.
+    b2: float = 0.999  # Adam beta2.
+    weight_decay: float = 0.0  # Decoupled weight decay (AdamW) if > 0.
+    grad_clip: float = 0.0  # Clip the global gradient norm to this if > 0.
+
+    def schedule(self, steps_per_epoch: int) -> optax.Schedule:
+        total = max(1, self.epochs * steps_per_epoch)
+        warmup = min(self.warmup_epochs * steps_per_epoch, total - 1)
+        return optax.warmup_cosine_decay_schedule(0.0, self.lr, warmup, total, end_value=0.0)
+
+    def build(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        lr = self.schedule(steps_per_epoch)
+        opt = (optax.adamw(lr, self.b1, self.b2, weight_decay=self.weight_decay)
+               if self.weight_decay > 0 else optax.adam(lr, self.b1, self.b2))
+        return optax.chain(optax.clip_by_global_norm(self.grad_clip), opt) if self.grad_clip > 0 else opt
+
+
+@dataclasses.dataclass(frozen=True)
+class KDConfig:
+    store: str = ""  # Teacher-logit store directory; "" trains without distillation.
+    teachers: str = "all"  # Named teacher ensemble from the store (asc_jax.distill ENSEMBLES).
+    lam: float = 0.02  # Weight of the label cross-entropy; 1 - lam goes to the KD term.
+    tau: float = 2.0  # Softmax temperature of student and teachers.
+    scale_by_tau_sq: bool = True  # Multiply the KL term by tau^2 (Hinton et al.).
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0  # Seeds parameters, data order and augmentation (split into named keys).
+    data: DataConfig = DataConfig()
+    mel: MelConfig = MelConfig()
+    augment: AugmentConfig = AugmentConfig()  # Roll (host, grain), freq-mask + Freq-MixStyle (device).
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    kd: KDConfig = KDConfig()
+    eval_every_epochs: int = 5  # Evaluate (and keep best-N checkpoints) every this many epochs.
+    keep_best: int = 3  # Best-N checkpoints by eval macro accuracy.
+    log_every_steps: int = 20  # Console/CSV/TensorBoard logging period.
+    max_steps: int = 0  # Stop after this many steps if > 0 (smoke tests, interruption tests).
+
+
+def parse_variant(arg: str | None) -> dict[str, Any]:
+    """"split=25,width=96" -> {"split": 25, "width": 96} (values parsed as Python literals)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config variant {item!r} is not key=value")
+        out[key.strip()] = _literal(value.strip())
+    return out
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare words are strings: name=rep_mobile
+
+
+def load_config(spec: str) -> Config:
+    """Loads `path/to/config.py[:variant]` and calls its `get_config(variant)`."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"_asc_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"config file {path} defines no get_config(arg)")
+    config = module.get_config(arg or None)
+    if not isinstance(config, Config):
+        raise TypeError(f"{path}: get_config returned {type(config).__name__}, expected Config")
+    return config
+
+
+def override(config: Any, assignment: str) -> Any:
+    """Applies one `dotted.path=value` override, checking the path and the value's type."""
+    path, sep, text = assignment.partition("=")
+    if not sep:
+        raise ValueError(f"override {assignment!r} is not key=value")
+    return _replace(config, path.strip().split("."), _literal(text.strip()), path.strip())
+
+
+def _replace(node: Any, keys: list[str], value: Any, full: str) -> Any:
+    key, rest = keys[0], keys[1:]
+    if isinstance(node, Mapping):  # free-form option dicts (model options)
+        return {**node, key: _replace(node.get(key), rest, value, full) if rest else value}
+    if not dataclasses.is_dataclass(node):
+        raise KeyError(f"override {full!r}: {key!r} is not a config field")
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    if key not in fields:
+        raise KeyError(f"override {full!r}: {type(node).__name__} has no field {key!r}; "
+                       f"fields: {', '.join(fields)}")
+    if rest:
+        return dataclasses.replace(node, **{key: _replace(getattr(node, key), rest, value, full)})
+    return dataclasses.replace(node, **{key: _coerce(node, key, value, full)})
+
+
+def _coerce(node: Any, key: str, value: Any, full: str) -> Any:
+    hint = typing.get_type_hints(type(node))[key]
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = tuple(typing.get_origin(a) or a for a in (typing.get_args(hint) if is_union else (hint,)))
+    if any(a is collections.abc.Mapping for a in allowed) and isinstance(value, dict):
+        return value
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if str in allowed and not isinstance(value, str):
+        value = str(value)  # e.g. --set data.train_split=25
+    if tuple in allowed and isinstance(value, list):
+        value = tuple(value)
+    if not isinstance(value, tuple(a for a in allowed if isinstance(a, type)) or (object,)):
+        raise TypeError(f"override {full!r}: expected {hint}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> Any:
+    """JSON-friendly view of a config (for the run's config.json)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Mapping):
+        return {k: to_dict(v) for k, v in config.items()}
+    if isinstance(config, tuple):
+        return [to_dict(v) for v in config]
+    return config

@@ -1,0 +1,232 @@
+"""`train_and_evaluate`: the whole run behind `python train.py --config ...`.
+
+Data (grain, host) -> jitted step (log-mel, augmentation, model, optimiser; device) -> logs,
+periodic evaluation, checkpoints (resume is automatic from the workdir) -> at the end the fused
+deploy model is written, evaluated and its complexity reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from asc_jax import complexity, evaluate
+from asc_jax.checkpoint import TrainCheckpoints, save_model
+from asc_jax.config import Config, to_dict
+from asc_jax.data import pipeline, synthetic, tau
+from asc_jax.reparam import fuse
+from asc_jax.train import steps
+from asc_jax.train.logging import MetricWriter, format_metrics
+from asc_jax.train.state import TrainState, create_train_state
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 64
+# Fields that may differ between an interrupted run and its resumption.
+_RESUMABLE_FIELDS = ("max_steps",)
+
+
+@dataclasses.dataclass
+class Data:
+    root: Path
+    train_clips: list[tau.Clip]
+    eval_clips: list[tau.Clip]
+    train_source: pipeline.ClipSource
+    eval_source: pipeline.ClipSource
+
+
+def prepare_data(config: Config) -> Data:
+    """Resolves the dataset (generating the embedded one if asked) and reads both splits."""
+    root = Path(config.data.root)
+    if config.data.generate:
+        synthetic.ensure_dataset(root, **dict(config.data.synthetic))
+    elif not (root / "meta.csv").is_file():
+        raise FileNotFoundError(f"no meta.csv under data.root={root}; point it at a TAU dataset "
+                                "or set data.generate=True for the embedded synthetic set")
+    sources = []
+    clips = []
+    for split in (config.data.train_split, config.data.eval_split):
+        loaded = tau.load_split(root, split, on_error=config.data.on_error)
+        if config.data.on_error == "skip":
+            loaded, skipped = loaded
+            if skipped:
+                log.warning("split %s: skipped %d bad clips (first: %s)", split, len(skipped), skipped[0])
+        clips.append(loaded)
+        sources.append(pipeline.ClipSource(loaded, root, sr=config.mel.sample_rate, cache=config.data.cache_audio))
+    return Data(root, clips[0], clips[1], sources[0], sources[1])
+
+
+def predict(eval_fn, params, rest, source: pipeline.ClipSource, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """Logits (N, C) for every clip of `source`, in order (padded batches, masked out)."""
+    out = []
+    for batch in pipeline.eval_batches(source, batch_size):
+        logits = np.asarray(eval_fn(params, rest, batch["audio"]))
+        out.append(logits[batch["mask"]])
+    return np.concatenate(out)
+
+
+def clip_metrics(logits: np.ndarray, clips: Sequence[tau.Clip]) -> dict:
+    return evaluate.compute_metrics(logits, np.array([c.label for c in clips]), [c.device for c in clips])
+
+
+def _check_config(workdir: Path, config: Config) -> None:
+    """Writes config.json; on resume, refuses a config that differs from the stored one."""
+    path = workdir / "config.json"
+    current = to_dict(config)
+    if path.exists():
+        stored = json.loads(path.read_text())
+        ignore = set(_RESUMABLE_FIELDS)
+        diff = sorted(k for k in set(stored) | set(current)
+                      if k not in ignore and stored.get(k) != json.loads(json.dumps(current.get(k))))
+        if diff:
+            raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); "
+                             "use a new --workdir or the original config")
+    path.write_text(json.dumps(current, indent=2))
+
+
+def _teacher_extras(config: Config, data: Data):
+    if not config.kd.store:
+        return None
+    from asc_jax.distill import StoreExtras
+    return StoreExtras(config.kd.store, [c.filename for c in data.train_clips], tau.CLASSES,
+                       teachers=config.kd.teachers)
+
+
+def _loss_fn(config: Config):
+    if config.kd.store:
+        return steps.make_kd_loss(config.kd.lam, config.kd.tau, config.kd.scale_by_tau_sq)
+    return steps.classification_loss
+
+
+def _check_finite(history: list[dict], first_step: int, workdir: Path) -> None:
+    for offset, metrics in enumerate(history):
+        if not math.isfinite(float(metrics["loss"])):
+            raise FloatingPointError(
+                f"non-finite loss {float(metrics['loss'])} at step {first_step + offset + 1}; "
+                f"training stopped before saving it (last good checkpoint: {workdir / 'checkpoints' / 'latest'}). "
+                "Lower optim.lr or enable optim.grad_clip.")
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+    return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *history)
+
+
+def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if a checkpoint is there) and evaluates it.
+
+    Returns:
+      A summary dict: final eval metrics of the trained and the fused deploy model,
+      complexity, steps.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_config(workdir, config)
+    key_params, key_aug = jax.random.split(jax.random.key(config.seed))
+
+    data = prepare_data(config)
+    batch_size = config.optim.batch_size
+    steps_per_epoch = len(data.train_clips) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(data.train_clips)} training clips cannot fill a batch of {batch_size}")
+    total_steps = config.optim.epochs * steps_per_epoch
+    stop_at = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
+
+    roll = config.augment.roll
+    dataset = pipeline.train_dataset(
+        data.train_source, batch_size=batch_size, seed=config.seed, sr=config.mel.sample_rate,
+        max_roll_ms=0.0 if roll is None else roll.max_shift_s * 1000.0,
+        worker_count=config.data.worker_count, extra=_teacher_extras(config, data))
+    iterator = iter(dataset)
+
+    model = config.model.build(nnx.Rngs(params=key_params))
+    tx = config.optim.build(steps_per_epoch)
+    graphdef, state = create_train_state(model, tx)
+    mel_aug = dataclasses.replace(config.augment, roll=None)  # the roll ran on the host
+    train_step = steps.make_train_step(graphdef, tx, config.mel, mel_aug, _loss_fn(config), key_aug,
+                                       schedule=config.optim.schedule(steps_per_epoch))
+    eval_fn = steps.make_eval_fn(graphdef, config.mel)
+    writer = MetricWriter(workdir)
+
+    with TrainCheckpoints(workdir / "checkpoints", keep_best=config.keep_best) as ckpts:
+        if ckpts.latest_step() is not None:
+            state = ckpts.restore_latest(state, iterator)
+            log.info("resumed from step %d in %s", int(state.step), workdir)
+        step = int(state.step)
+        history: list[dict] = []
+        progress = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        while step < stop_at:
+            state, metrics = train_step(state, next(iterator))
+            history.append(metrics)
+            step += 1
+            progress.update(1)
+            epoch_end = step % steps_per_epoch == 0
+            if step % config.log_every_steps == 0 or epoch_end or step == stop_at:
+                host = jax.device_get(history)
+                _check_finite(host, step - len(host), workdir)
+                flat = writer.write("train", step, _mean_metrics(host))
+                progress.set_postfix_str(format_metrics(flat, ("loss", "accuracy", "lr")))
+                history = []
+            epoch = step // steps_per_epoch
+            if epoch_end and (epoch % config.eval_every_epochs == 0 or step == total_steps):
+                metrics = clip_metrics(predict(eval_fn, state.params, state.batch_stats, data.eval_source),
+                                       data.eval_clips)
+                writer.write("eval", step, {k: metrics[k] for k in ("accuracy", "macro_accuracy")}
+                             | {"device": metrics["device_group_accuracy"]})
+                progress.write(f"epoch {epoch} step {step}: eval accuracy {metrics['accuracy']:.4f} "
+                               f"macro {metrics['macro_accuracy']:.4f}")
+                ckpts.save_best(step, state, metrics)
+            if epoch_end or step == stop_at:
+                ckpts.save_latest(step, state, iterator)
+        progress.close()
+        ckpts.wait()
+    writer.close()
+    if step < total_steps:
+        log.info("stopped at step %d of %d (max_steps); rerun the same command to resume", step, total_steps)
+        return {"step": step, "total_steps": total_steps, "finished": False}
+    return finalize(config, workdir, graphdef, state, data, eval_fn)
+
+
+def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: TrainState, data: Data,
+             eval_fn) -> dict[str, Any]:
+    """Evaluates the final model, fuses it into the deploy model, checks they agree, saves both
+    reports, the deploy weights and the complexity report."""
+    out = workdir / "eval"
+    logits = predict(eval_fn, state.params, state.batch_stats, data.eval_source)
+    metrics = clip_metrics(logits, data.eval_clips)
+    evaluate.save_report(metrics, out, prefix="final")
+    print(evaluate.summary_table(metrics))
+
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
+    deploy_graph, deploy_params, deploy_rest = nnx.split(deploy, nnx.Param, ...)
+    deploy_eval = steps.make_eval_fn(deploy_graph, config.mel)
+    deploy_logits = predict(deploy_eval, deploy_params, deploy_rest, data.eval_source)
+    deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
+    evaluate.save_report(deploy_metrics, out, prefix="deploy")
+    max_diff = float(np.abs(deploy_logits - logits).max())
+    if max_diff > 1e-3 * max(1.0, float(np.abs(logits).max())):
+        raise RuntimeError(f"fused deploy model disagrees with the trained model (max |logit diff| {max_diff})")
+
+    n_frames = config.mel.n_frames(config.mel.sample_rate)
+    input_shape = (1, config.mel.n_mels, n_frames)
+    # DCASE reports the BN form (torchinfo on the PyTorch model); the fused form has biases instead.
+    reports = {"train_form": complexity.report(model, input_shape).as_dict(),
+               "deploy_form": complexity.report(deploy, input_shape).as_dict()}
+    (workdir / "complexity.json").write_text(json.dumps(reports, indent=2))
+    print("complexity (deploy model):\n" + complexity.report(deploy, input_shape).table())
+
+    save_model(workdir / "deploy", deploy, name=config.model.name, options=config.model.options,
+               deploy=True, mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES),
+               eval={k: deploy_metrics[k] for k in ("accuracy", "macro_accuracy")})
+    summary = {"step": int(state.step), "finished": True, "eval": metrics, "deploy_eval": deploy_metrics,
+               "deploy_max_logit_diff": max_diff, "complexity": reports}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,109 @@
+"""Jitted train and eval steps: log-mel + augmentation on device, then the model.
+
+The step is a pure function of (TrainState, batch); its PRNG key is `fold_in(key, step)` so a
+resumed run draws exactly the augmentations the uninterrupted run would have drawn.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from asc_jax.audio import augment
+from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax.distill import kd_loss
+from asc_jax.train.state import TrainState
+
+Batch = dict[str, Any]
+
+
+def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, dict]:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return ce, {"ce": ce}
+
+
+def make_kd_loss(lam: float, tau: float, scale_by_tau_sq: bool) -> Callable:
+    def loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, dict]:
+        value, metrics = kd_loss(logits, batch["teacher_logits"], batch["label"], lam=lam, tau=tau,
+                                 scale_by_tau_sq=scale_by_tau_sq)
+        # Per-teacher vectors are logged element-wise by the host logger.
+        return value, {k: v for k, v in metrics.items() if k != "loss"}
+    return loss
+
+
+def _mel_replay(batch: Batch) -> dict:
+    """Stored (teacher-time) parameters of log-mel augmentations, if the batch carries them."""
+    return {k: v for k, v in batch.get("aug", {}).items() if k != "roll"}
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    mel_cfg: MelConfig,
+    aug_cfg: augment.AugmentConfig,
+    loss_fn: Callable[[jax.Array, Batch], tuple[jax.Array, dict]],
+    key: jax.Array,
+    schedule: optax.Schedule | None = None,
+    post_update: Callable[[Any, Any], Any] | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """Builds `step(state, batch) -> (state, metrics)`, jitted with the state donated.
+
+    Args:
+      graphdef: static part of the model (from `create_train_state`).
+      tx: the optimiser.
+      mel_cfg: frontend settings.
+      aug_cfg: augmentations; the waveform roll already happened on the host, so only the
+        log-mel stage (frequency mask, Freq-MixStyle) runs here.
+      loss_fn: (logits, batch) -> (loss, metrics).
+      key: base PRNG key of the augmentations.
+      schedule: learning-rate schedule, only for logging.
+      post_update: optional (params, opt_state) -> params hook (pruning masks).
+    """
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        step_key = jax.random.fold_in(key, state.step)
+        mel = log_mel(batch["audio"], mel_cfg)
+        mel, _ = augment.augment_batch(step_key, mel, aug_cfg, params=_mel_replay(batch))
+
+        def objective(params, batch_stats):
+            # copy=True builds fresh Variables at this trace level: NNX refuses to update (in
+            # train-mode BN) Variables created by the enclosing jit trace.
+            model = nnx.merge(graphdef, params, batch_stats, copy=True)
+            logits, _ = model(mel, train=True)
+            loss, metrics = loss_fn(logits, batch)
+            return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)), logits)
+
+        (loss, (metrics, batch_stats, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params, state.batch_stats)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if post_update is not None:
+            params = post_update(params, opt_state)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+            "update_norm": optax.global_norm(updates),
+            "param_norm": optax.global_norm(params),
+        }
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state)
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_fn(graphdef: nnx.GraphDef, mel_cfg: MelConfig) -> Callable[[Any, Any, jax.Array], jax.Array]:
+    """`eval(params, rest, audio (B, T)) -> logits (B, C)` in inference mode, jitted once."""
+
+    def evaluate(params, rest, audio):
+        model = nnx.merge(graphdef, params, rest)
+        return model(log_mel(audio, mel_cfg), train=False)[0]
+
+    return jax.jit(evaluate)

@@ -1,0 +1,29 @@
+"""Train and evaluate an asc-jax model.
+
+    python train.py --config configs/demo.py[:variant] --workdir runs/demo [--set optim.lr=0.005 ...]
+
+Rerunning the same command resumes from the newest checkpoint in --workdir.
+"""
+import argparse
+import logging
+
+from asc_jax.config import load_config, override
+from asc_jax.train import train_and_evaluate
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="configs/<file>.py[:key=value,...]")
+    parser.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, reports)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field by dotted path, e.g. optim.lr=0.005")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    for assignment in args.set:
+        config = override(config, assignment)
+    train_and_evaluate(config, args.workdir)
+
+
+if __name__ == "__main__":
+    main()
