@@ -1,0 +1,194 @@
+"""Pruning configuration and schedule: what to prune, to which widths, and when.
+
+A `PruneConfig` (frozen, built from an experiment config) plus the model gives a
+`PruneSchedule` via `plan`: the channel groups, the target widths after each round and the epoch
+at whose start each round prunes. The training loop asks `round_at(epoch)` (or
+`round_at_step(step, steps_per_epoch)`) and, when a round is due, calls
+`schedule.masks(round, params, previous)` and either installs the masks in the optimizer state
+(`set_masks`, finetune="masked") or slices the model (`slice_model`, finetune="sliced").
+
+Target widths come either from a reference model (`target`: model-config overrides, e.g.
+base_channels=32: every group gets the width it has in the base-32 model, which is what "prune
+width 96 to width 32" means) or from a uniform sparsity. The "linear" schedule lowers every group's
+width linearly over the rounds (sparsity increasing linearly, 96 -> 64 -> 32 in two rounds).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from flax import nnx
+
+from asc_jax.prune.groups import DEFAULT_INPUT_SHAPE, ChannelGroup, channel_groups
+from asc_jax.prune.masks import IMPORTANCE, compute_masks
+from asc_jax.registry import Registry
+
+FINETUNE_FORMS = ("masked", "sliced")
+
+# name -> fn(start width, final width, rounds, round_to) -> width after each round.
+SCHEDULES: Registry[Callable[[int, int, int, int], list[int]]] = Registry("prune schedule")
+
+
+def round_width(width: float, multiple: int) -> int:
+    """Nearest multiple of `multiple` (halves round up), at least `multiple`."""
+    return max(multiple, int(width / multiple + 0.5) * multiple)
+
+
+@SCHEDULES.register("one_shot")
+def one_shot(start: int, final: int, rounds: int, round_to: int) -> list[int]:
+    return [final]
+
+
+@SCHEDULES.register("linear")
+def linear(start: int, final: int, rounds: int, round_to: int) -> list[int]:
+    """Width after round r of R: start - (start - final) * r / R, rounded to `round_to` and kept
+    within [final, start]; the last round lands exactly on `final`."""
+    widths = [min(start, max(final, round_width(start - (start - final) * r / rounds, round_to)))
+              for r in range(1, rounds)]
+    return widths + [final]
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    method: str = "l1"  # Channel importance: "l1" (NNI L1NormPruner) or "bn_scale" (|BN gamma|).
+    schedule: str = "linear"  # Widths over rounds: "one_shot" or "linear" (sparsity linear in rounds).
+    # Final width as model-config overrides of a reference model, e.g. (("base_channels", 32),):
+    # every channel group is pruned to its width in that model.
+    target: tuple[tuple[str, Any], ...] = ()
+    sparsity: float | None = None  # Instead of `target`: fraction of each prunable group removed.
+    rounds: int = 1  # Pruning rounds; finetuning follows each one.
+    finetune_epochs: int = 0  # Epochs of finetuning after each round.
+    start_epoch: int = 0  # Epoch at whose start the first round prunes.
+    round_to: int = 1  # Intermediate and sparsity-derived widths are multiples of this (e.g. 8).
+    # "masked": finetune the wide model under masks (masked_pruning), slice at the end;
+    # "sliced": slice right after each round and finetune the narrow model.
+    finetune: str = "masked"
+    # Masking groups that non-weight ops mix across channels (GRN's channel mean) is not exactly
+    # equivalent to slicing them; "masked" refuses such groups unless this is set.
+    allow_inexact_masking: bool = False
+    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE  # Batch shape used to trace the model.
+
+    def __post_init__(self):
+        if isinstance(self.target, Mapping):
+            object.__setattr__(self, "target", tuple(sorted(self.target.items())))
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        IMPORTANCE.get(self.method)
+        SCHEDULES.get(self.schedule)
+        if bool(self.target) == (self.sparsity is not None):
+            raise ValueError("set exactly one of PruneConfig.target and PruneConfig.sparsity")
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity}")
+        if self.rounds < 1 or (self.schedule == "one_shot" and self.rounds != 1):
+            raise ValueError(f"schedule {self.schedule!r} cannot have {self.rounds} rounds")
+        if self.finetune not in FINETUNE_FORMS:
+            raise ValueError(f"finetune must be one of {FINETUNE_FORMS}, got {self.finetune!r}")
+        if self.rounds > 1 and self.finetune_epochs < 1:
+            raise ValueError("progressive pruning needs finetune_epochs >= 1 between rounds")
+        if self.round_to < 1 or self.finetune_epochs < 0 or self.start_epoch < 0:
+            raise ValueError("round_to must be >= 1, finetune_epochs and start_epoch >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSchedule:
+    groups: tuple[ChannelGroup, ...]  # Channel groups of the unpruned model.
+    widths: tuple[Mapping[str, int], ...]  # Target width of every group after each round.
+    epochs: tuple[int, ...]  # Epoch at whose start each round prunes.
+    finetune_epochs: int  # Finetuning epochs after each round.
+    method: str  # Importance method.
+    finetune: str  # "masked" or "sliced".
+
+    @property
+    def rounds(self) -> int:
+        return len(self.widths)
+
+    @property
+    def end_epoch(self) -> int:
+        """First epoch after the last round's finetuning."""
+        return self.epochs[-1] + self.finetune_epochs
+
+    def round_at(self, epoch: int) -> int | None:
+        """The round that prunes at the start of `epoch`, or None."""
+        return self.epochs.index(epoch) if epoch in self.epochs else None
+
+    def round_at_step(self, step: int, steps_per_epoch: int) -> int | None:
+        """The round that prunes right before optimisation step `step`, or None."""
+        if step % steps_per_epoch:
+            return None
+        return self.round_at(step // steps_per_epoch)
+
+    def masks(self, round_index: int, params: Any, previous: Any = None,
+              groups: tuple[ChannelGroup, ...] | None = None) -> Any:
+        """Masks of round `round_index` (0-based) for `params`, nested inside `previous`.
+
+        Args:
+          groups: the groups of the model `params` belong to; defaults to the unpruned model's.
+            With finetune="sliced" pass those of the current narrow model (`slice_model` returns
+            them): same names and members, smaller sizes.
+        """
+        return compute_masks(params, groups or self.groups, self.widths[round_index], self.method, previous)
+
+
+def widths_from_reference(groups: tuple[ChannelGroup, ...], reference: nnx.Module,
+                          input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> dict[str, int]:
+    """Width of every group in `reference`, a model of the same structure but other widths."""
+    ref = {g.name: g for g in channel_groups(reference, input_shape)}
+    own = {g.name: g for g in groups}
+    if set(ref) != set(own) or any(ref[n].members != own[n].members for n in own):
+        differ = sorted(n for n in set(ref) | set(own)
+                        if n not in ref or n not in own or ref[n].members != own[n].members)
+        raise ValueError(f"the reference model's channel groups differ from the model's: {differ}")
+    return {n: ref[n].size for n in own}
+
+
+def widths_from_sparsity(groups: tuple[ChannelGroup, ...], sparsity: float, round_to: int = 1) -> dict[str, int]:
+    """Every prunable group keeps (1 - sparsity) of its channels, rounded to `round_to`."""
+    return {g.name: (min(g.size, round_width(g.size * (1.0 - sparsity), round_to)) if g.prunable else g.size)
+            for g in groups}
+
+
+def plan(cfg: PruneConfig, model: nnx.Module,
+         build_reference: Callable[[dict], nnx.Module] | None = None) -> PruneSchedule:
+    """The pruning schedule of `model` under `cfg`.
+
+    Args:
+      cfg: the pruning config.
+      model: the wide model to prune (may be abstract).
+      build_reference: needed when `cfg.target` is set: builds the model with the given config
+        overrides applied (e.g. `lambda o: build_model(name, rngs=nnx.Rngs(0), **{**kw, **o})`);
+        it is only traced abstractly.
+    Returns:
+      The PruneSchedule.
+    """
+    groups = channel_groups(model, cfg.input_shape)
+    if cfg.sparsity is not None:
+        final = widths_from_sparsity(groups, cfg.sparsity, cfg.round_to)
+    else:
+        if build_reference is None:
+            raise ValueError("PruneConfig.target is set: plan() needs build_reference")
+        reference = nnx.eval_shape(lambda: build_reference(dict(cfg.target)))
+        final = widths_from_reference(groups, reference, cfg.input_shape)
+    for g in groups:
+        if final[g.name] > g.size:
+            raise ValueError(f"target width {final[g.name]} of group {g.name!r} exceeds its size {g.size}")
+        if final[g.name] < g.size and not g.prunable:
+            raise ValueError(f"the target prunes group {g.name!r}, which cannot be pruned: {g.frozen}")
+    coupled = [g.name for g in groups if final[g.name] < g.size and g.cross_channel]
+    if cfg.finetune == "masked" and coupled and not cfg.allow_inexact_masking:
+        raise ValueError(
+            f"groups {coupled} are mixed across channels by non-weight ops "
+            f"({next(g for g in groups if g.name == coupled[0]).cross_channel[0]}), so a masked model "
+            f"is not equivalent to the sliced one; use finetune='sliced' (exact) or set "
+            f"allow_inexact_masking=True")
+    per_group = {g.name: SCHEDULES.get(cfg.schedule)(g.size, final[g.name], cfg.rounds, cfg.round_to)
+                 for g in groups}
+    widths = tuple({name: w[r] for name, w in per_group.items()} for r in range(cfg.rounds))
+    epochs = tuple(cfg.start_epoch + r * cfg.finetune_epochs for r in range(cfg.rounds))
+    return PruneSchedule(groups=groups, widths=widths, epochs=epochs, finetune_epochs=cfg.finetune_epochs,
+                         method=cfg.method, finetune=cfg.finetune)
+
+
+def sparsity_of(widths: Mapping[str, int], groups: tuple[ChannelGroup, ...]) -> float:
+    """Fraction of the prunable channels removed by `widths` (for logging)."""
+    total = sum(g.size for g in groups if g.prunable)
+    return float(1.0 - np.sum([widths[g.name] for g in groups if g.prunable]) / total) if total else 0.0
