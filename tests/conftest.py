@@ -1,8 +1,18 @@
 """Shared test fixtures."""
+import os
+import tempfile
+
 import jax
 import numpy as np
 import pytest
 from flax import nnx
+
+# A persistent compilation cache shared by the session: end-to-end tests build the same jitted
+# train/eval steps several times (e.g. an interrupted and a resumed run), and on 2 CPU cores
+# XLA compilation dominates their run time.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("ASC_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "asc_jax_xla_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def randomize_batch_stats_and_affine(model: nnx.Module, seed: int = 0, spread: float = 1.0) -> None:

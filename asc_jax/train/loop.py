@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -161,7 +162,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             log.info("resumed from step %d in %s", int(state.step), workdir)
         step = int(state.step)
         history: list[dict] = []
-        progress = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        # Redraw at most every 5 s when logging to a file (CI, nohup) rather than a terminal.
+        progress = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                        mininterval=0.1 if sys.stderr.isatty() else 5.0)
         while step < stop_at:
             state, metrics = train_step(state, next(iterator))
             history.append(metrics)
