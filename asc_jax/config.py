@@ -40,6 +40,9 @@ class DataConfig:
 class ModelConfig:
     name: str = "rep_mobile"  # Registered model name (asc_jax.models.MODELS).
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Model config overrides.
+    # Saved model dir (asc_jax.checkpoint.save_model) whose weights initialise training; loaded
+    # strictly, so it must be the same architecture and width (e.g. a sliced, pruned model).
+    init_from: str = ""
 
     def build(self, rngs: nnx.Rngs, *, deploy: bool = False) -> nnx.Module:
         from asc_jax.models import build_model

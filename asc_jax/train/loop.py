@@ -20,7 +20,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from asc_jax import complexity, evaluate
-from asc_jax.checkpoint import TrainCheckpoints, save_model
+from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
 from asc_jax.config import Config, to_dict
 from asc_jax.data import pipeline, synthetic, tau
 from asc_jax.reparam import fuse
@@ -148,6 +148,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     iterator = iter(dataset)
 
     model = config.model.build(nnx.Rngs(params=key_params))
+    if config.model.init_from:
+        restore_weights(config.model.init_from, model)
     tx = config.optim.build(steps_per_epoch)
     graphdef, state = create_train_state(model, tx)
     mel_aug = dataclasses.replace(config.augment, roll=None)  # the roll ran on the host
@@ -200,7 +202,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
 def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: TrainState, data: Data,
              eval_fn) -> dict[str, Any]:
     """Evaluates the final model, fuses it into the deploy model, checks they agree, saves both
-    reports, the deploy weights and the complexity report."""
+    reports, both models (`model/` training form, `deploy/` fused) and the complexity report."""
     out = workdir / "eval"
     logits = predict(eval_fn, state.params, state.batch_stats, data.eval_source)
     metrics = clip_metrics(logits, data.eval_clips)
@@ -226,6 +228,9 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     (workdir / "complexity.json").write_text(json.dumps(reports, indent=2))
     print("complexity (deploy model):\n" + complexity.report(deploy, input_shape).table())
 
+    # The training form too: pruning rounds and finetuning start from it.
+    save_model(workdir / "model", model, name=config.model.name, options=config.model.options,
+               mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES))
     save_model(workdir / "deploy", deploy, name=config.model.name, options=config.model.options,
                deploy=True, mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES),
                eval={k: deploy_metrics[k] for k in ("accuracy", "macro_accuracy")})
