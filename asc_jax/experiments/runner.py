@@ -1,0 +1,279 @@
+"""Plans and runs the grid of a table: rows x splits x seeds, one workdir per run, resumable.
+
+A run is exactly what `python train.py --config <spec> --workdir <dir> --set ...` would do
+(`Run.command()` prints that command). A finished run (its `summary.json` says finished) is never
+trained again; an unfinished one resumes from its checkpoint, because `train_and_evaluate` resumes
+automatically from the workdir. Rows whose requirements are not met (an unregistered model, a model
+without the deploy form the loop ends with, PaSST without its frontend) are skipped with the
+reason, never approximated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import shlex
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from flax import nnx
+
+from asc_jax.config import Config, load_config, override, to_dict
+from asc_jax.experiments.tables import (
+    SMOKE_MODEL_OPTIONS, SMOKE_OVERRIDES, SMOKE_SPLIT, Row, Table)
+from asc_jax.registry import Registry
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SUMMARY = "summary.json"
+ERROR = "error.txt"
+# Config fields allowed to differ between a finished run and the current plan (as in the loop).
+_RESUMABLE_FIELDS = ("max_steps",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of a table: a row at one split and seed."""
+
+    table: str
+    row: Row
+    split: str
+    seed: int
+    spec: str  # Config spec including the split.
+    overrides: tuple[str, ...]  # Applied in order after loading the spec.
+    workdir: Path
+
+    def command(self) -> str:
+        """The equivalent `train.py` command line."""
+        args = ["python", "train.py", "--config", self.spec, "--workdir", str(self.workdir)]
+        for assignment in self.overrides:
+            args += ["--set", assignment]
+        return shlex.join(args)
+
+
+def plan(table: Table, *, data: str | Path, workdir: str | Path, seeds: Sequence[int],
+         splits: Sequence[str], smoke: bool = False, extra: Sequence[str] = ()) -> list[Run]:
+    """The runs of `table`, row-major (row, split, seed), without touching any workdir.
+
+    Args:
+      table: the table definition.
+      data: dataset root, passed as `data.root` (in smoke mode the tiny set is generated there).
+      workdir: experiments root; run directories are `<workdir>/<table>/<row>/split<N>/seed<S>`.
+      seeds: seeds of every cell (smoke mode keeps the first).
+      splits: splits for tables that span splits (fixed-split tables ignore it; smoke mode runs
+        split 100 only).
+      smoke: tiny budgets on the embedded synthetic dataset (see `asc_jax.experiments.tables`).
+      extra: `dotted.path=value` overrides applied last, to every run.
+    """
+    splits = tuple(str(s) for s in (table.splits or splits))
+    seeds = tuple(seeds)
+    if smoke:
+        splits, seeds = (SMOKE_SPLIT,), seeds[:1]
+    runs = []
+    for row in table.rows:
+        spec = (row.smoke_spec or row.spec) if smoke else row.spec
+        row_overrides = row.overrides + (_smoke_overrides(table, spec) if smoke else ())
+        for split in splits:
+            for seed in seeds:
+                overrides = row_overrides + (f"data.root={data}", f"seed={seed}") + tuple(extra)
+                runs.append(Run(table.name, row, split, seed, _with_split(spec, split), overrides,
+                                Path(workdir) / table.name / row.key / f"split{split}" / f"seed{seed}"))
+    return runs
+
+
+def _with_split(spec: str, split: str) -> str:
+    path, _, variant = spec.partition(":")
+    return f"{path}:{variant + ',' if variant else ''}split={split}"
+
+
+def _smoke_overrides(table: Table, spec: str) -> tuple[str, ...]:
+    overrides = SMOKE_OVERRIDES + table.smoke_overrides
+    if table.smoke_model_options:
+        model = _model_name(spec)
+        overrides += tuple(f"model.options.{k}={v!r}" for k, v in SMOKE_MODEL_OPTIONS.get(model, {}).items())
+    return overrides
+
+
+@functools.lru_cache(maxsize=None)
+def _model_name(spec: str) -> str | None:
+    """The model a config builds, or None if the config cannot be loaded (the run then fails
+    with the loading error, which `resolve` reports)."""
+    try:
+        return load_config(_resolve_path(spec)).model.name
+    except Exception:  # noqa: BLE001 - reported by resolve()
+        return None
+
+
+def _resolve_path(spec: str) -> str:
+    """Config paths are written relative to the repo root; accept any working directory."""
+    path, sep, variant = spec.partition(":")
+    if not Path(path).is_file() and (REPO_ROOT / path).is_file():
+        path = str(REPO_ROOT / path)
+    return path + sep + variant
+
+
+def load_run_config(run: Run) -> Config:
+    config = load_config(_resolve_path(run.spec))
+    for assignment in run.overrides:
+        config = override(config, assignment)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Requirements: a run whose config fails one is skipped with the returned reason.
+# ----------------------------------------------------------------------------------------------
+REQUIREMENTS: Registry[Callable[[Config], str | None]] = Registry("experiment requirement")
+# Checked for every run before the row's own requirements.
+ALWAYS = ("model_registered", "deploy_form")
+
+
+@REQUIREMENTS.register("model_registered")
+def _model_registered(config: Config) -> str | None:
+    from asc_jax.models import MODELS
+    if config.model.name not in MODELS:
+        return f"model {config.model.name!r} is not registered (asc_jax.models.MODELS has {MODELS.names()})"
+    return None
+
+
+@REQUIREMENTS.register("deploy_form")
+def _deploy_form(config: Config) -> str | None:
+    return _deploy_error(config.model.name, json.dumps(to_dict(config.model.options), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _deploy_error(name: str, options_json: str) -> str | None:
+    from asc_jax.config import ModelConfig
+    model = ModelConfig(name=name, options=json.loads(options_json))
+    try:  # abstract build: no parameters are materialised
+        nnx.eval_shape(lambda: model.build(nnx.Rngs(0), deploy=True))
+    except ValueError as e:
+        return f"{e} (train_and_evaluate ends by fusing the model into its deploy form)"
+    return None
+
+
+@REQUIREMENTS.register("passt_frontend")
+def _passt_frontend(config: Config) -> str | None:
+    # The loop computes one log-mel frontend (config.mel) for every model; PaSST was trained on
+    # its own (asc_jax.audio.passt_frontend: 128 Kaldi mels, hop 320, preemphasis, (x + 4.5) / 5).
+    # Training it on the student features would not be the paper's teacher.
+    if "frontend" not in {f.name for f in dataclasses.fields(config)}:
+        return ("PaSST needs its own frontend (asc_jax.audio.passt_frontend), which "
+                "train_and_evaluate does not support yet (no Config.frontend); its teacher logits "
+                "come from converted weights (convert_weights.py) via `python -m asc_jax.teachers precompute`")
+    return None
+
+
+def unmet_requirement(row: Row, config: Config) -> str | None:
+    """The first unmet requirement's reason, or None."""
+    for name in row.requires + ALWAYS:  # the row's own first: its reason is the specific one
+        reason = REQUIREMENTS.get(name)(config)
+        if reason:
+            return reason
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Execution
+# ----------------------------------------------------------------------------------------------
+def read_summary(workdir: Path) -> dict[str, Any] | None:
+    """The run's summary if it finished, else None."""
+    path = Path(workdir) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it to rerun the run") from None
+    return summary if summary.get("finished") is True else None
+
+
+def stale_config(workdir: Path, config: Config) -> list[str]:
+    """Top-level config fields where the run stored in `workdir` differs from `config`."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return []
+    stored = json.loads(path.read_text())
+    current = json.loads(json.dumps(to_dict(config)))
+    return sorted(k for k in set(stored) | set(current)
+                  if k not in _RESUMABLE_FIELDS and stored.get(k) != current.get(k))
+
+
+def train(config: Config, workdir: Path) -> dict[str, Any]:
+    """Runs one config exactly as train.py does (pruning configs run their phases)."""
+    from asc_jax.train import train_and_evaluate
+    from asc_jax.train.progressive import train_and_prune
+    if config.prune is not None:
+        return train_and_prune(config, workdir)
+    return train_and_evaluate(config, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    run: Run
+    state: str  # "cached", "trained", "unfinished", "skipped", "failed" (dry run: "planned").
+    reason: str = ""  # Skip reason or error.
+    seconds: float = 0.0
+
+
+def check(run: Run) -> tuple[Outcome, Config | None]:
+    """What executing `run` would do now, without training: (outcome, config to train or None)."""
+    try:
+        config = load_run_config(run)
+    except Exception as e:  # noqa: BLE001 - any config error fails this run, not the grid
+        return Outcome(run, "failed", f"config: {type(e).__name__}: {e}"), None
+    stale = stale_config(run.workdir, config)
+    if stale:
+        return Outcome(run, "failed", f"{run.workdir} holds a run with a different config "
+                                      f"(fields {stale}); delete it or restore the old config"), None
+    try:
+        finished = read_summary(run.workdir) is not None
+    except ValueError as e:
+        return Outcome(run, "failed", str(e)), None
+    if finished:
+        return Outcome(run, "cached"), None
+    reason = unmet_requirement(run.row, config)
+    if reason:
+        return Outcome(run, "skipped", reason), None
+    return Outcome(run, "planned"), config
+
+
+def execute(runs: Iterable[Run], *, train_fn: Callable[[Config, Path], dict] = train,
+            after_each: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
+    """Runs every run that is not finished or skipped, in order; one failure does not stop the
+    grid (its traceback goes to `<workdir>/error.txt`).
+
+    Args:
+      runs: planned runs.
+      train_fn: (config, workdir) -> summary; `train` unless testing.
+      after_each: called with the outcomes so far after every run (e.g. to refresh the report).
+
+    Returns:
+      One outcome per run, in order.
+    """
+    runs = list(runs)
+    outcomes: list[Outcome] = []
+    for i, run in enumerate(runs, 1):
+        outcome, config = check(run)
+        label = f"[{i}/{len(runs)}] {run.table}/{run.row.key}/split{run.split}/seed{run.seed}"
+        if config is not None:
+            log.info("%s: training in %s", label, run.workdir)
+            start = time.perf_counter()
+            try:
+                summary = train_fn(config, run.workdir)
+            except Exception as e:  # noqa: BLE001 - recorded, the grid goes on
+                run.workdir.mkdir(parents=True, exist_ok=True)
+                (run.workdir / ERROR).write_text(traceback.format_exc())
+                outcome = Outcome(run, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - start)
+            else:
+                (run.workdir / ERROR).unlink(missing_ok=True)
+                state = "trained" if summary.get("finished") else "unfinished"
+                outcome = Outcome(run, state, "", time.perf_counter() - start)
+        log.info("%s: %s%s", label, outcome.state, f" ({outcome.reason})" if outcome.reason else "")
+        outcomes.append(outcome)
+        if after_each is not None:
+            after_each(outcomes)
+    return outcomes

@@ -1,0 +1,206 @@
+"""The experiment runner: plans of every table, aggregation against hand-computed numbers,
+resumability and skipping, and one table run end to end in smoke mode."""
+import csv
+import io
+import json
+import math
+import re
+import time
+
+import numpy as np
+import pytest
+
+from asc_jax.config import to_dict
+from asc_jax.experiments import TABLES, check, collect, execute, format_cell, main, mean_std, plan
+from asc_jax.experiments.runner import load_run_config
+from asc_jax.experiments.tables import PAPER_SPLITS, Row, Table
+
+STATES = ("train", "resume", "cached", "skipped", "failed")
+
+
+def _dry_run_lines(capsys, argv):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    return [line for line in out.splitlines() if line.split(" ", 1)[0] in STATES]
+
+
+@pytest.mark.parametrize("name", ["I", "II", "III", "IV", "V"])
+def test_dry_run_plans_rows_x_splits_x_seeds(name, tmp_path, capsys):
+    table = TABLES.get(name)
+    workdir = tmp_path / "runs"
+    lines = _dry_run_lines(capsys, [name, "--data", str(tmp_path / "tau"), "--workdir", str(workdir),
+                                    "--seeds", "0,1", "--splits", "5,25,100", "--dry-run"])
+    n_splits = len(table.splits) if table.splits else 3
+    assert len(lines) == len(table.rows) * n_splits * 2
+    # Every line is a train.py command with its own workdir, split and seed.
+    workdirs = [line.split("--workdir ")[1].split(" ")[0] for line in lines]
+    assert len(set(workdirs)) == len(lines)
+    for line in lines:
+        config = line.split("--config ")[1].split(" ")[0]
+        assert config.startswith("configs/") and re.search(r"[:,]split=(5|25|100)$", config), line
+        assert f"--set data.root={tmp_path / 'tau'}" in line
+    assert {w.rsplit("/", 1)[1] for w in workdirs} == {"seed0", "seed1"}
+    assert not workdir.exists(), "a dry run must not create run directories"
+    # Smoke mode: one seed, one split (100) per row.
+    smoke = _dry_run_lines(capsys, [name, "--data", str(tmp_path / "tau"), "--workdir", str(workdir),
+                                    "--smoke", "--dry-run"])
+    assert len(smoke) == len(table.rows)
+    assert all("split=100 " in line and "seed=0" in line and "optim.epochs=1" in line for line in smoke)
+
+
+def test_plan_spec_overrides_and_layout(tmp_path):
+    runs = plan(TABLES.get("II"), data="D", workdir=tmp_path, seeds=(3,), splits=("25",))
+    assert [r.row.key for r in runs] == ["all", "no_3x3", "no_1x1", "no_3x1_1x3"]
+    run = runs[2]
+    assert run.spec == "configs/rep_mobile_tau.py:branches=3x3+3x1+1x3,split=25"
+    assert run.overrides == ("data.root=D", "seed=3")
+    assert run.workdir == tmp_path / "II" / "no_1x1" / "split25" / "seed3"
+    config = load_run_config(run)
+    assert config.model.options["branches"] == ("3x3", "3x1", "1x3")
+    assert (config.seed, config.data.train_split, config.data.root) == (3, "25", "D")
+    # Table I is fixed at split 100 whatever --splits says; smoke runs shrink the model.
+    runs = plan(TABLES.get("I"), data="D", workdir=tmp_path, seeds=(0,), splits=PAPER_SPLITS, smoke=True)
+    assert {r.split for r in runs} == {"100"}
+    config = load_run_config(runs[0])
+    assert config.model.options["base_channels"] == 8 and config.optim.epochs == 1
+    assert config.data.generate and config.data.synthetic["n_train_per_class_device"] == 2
+
+
+def test_mean_std_and_cells_match_hand_computation():
+    # mean = 0.56; deviations -0.05, -0.01, 0.06 -> sample var = 0.0062 / 2 = 0.0031.
+    mean, std = mean_std([0.51, 0.55, 0.62])
+    assert mean == pytest.approx(0.56, abs=1e-12)
+    assert std == pytest.approx(math.sqrt(0.0031), abs=1e-12)
+    assert std == pytest.approx(np.std([0.51, 0.55, 0.62], ddof=1), abs=1e-12)
+    assert format_cell([0.51, 0.55, 0.62], 3) == "56.00 ± 5.57"
+    assert format_cell([0.5, 0.6], 3) == "55.00 ± 7.07 (n=2)"
+    assert format_cell([0.5], 1) == "50.00"
+    assert format_cell([], 3) == "–"
+
+
+def _fake_summary(workdir, accuracy, params=1000, macs=2_000_000):
+    workdir.mkdir(parents=True)
+    complexity = {"deploy_form": {"params": params, "macs": macs}}
+    (workdir / "summary.json").write_text(json.dumps(
+        {"finished": True, "eval": {"macro_accuracy": accuracy, "accuracy": 0.0}, "complexity": complexity}))
+
+
+def test_aggregation_of_fake_summaries(tmp_path):
+    table = Table("T", "Table T: test", rows=(
+        Row("a", "System A", "configs/demo.py"), Row("b", "System B", "configs/demo.py")))
+    runs = plan(table, data="D", workdir=tmp_path, seeds=(0, 1, 2), splits=("5", "100"))
+    accuracies = {("a", "5"): [0.51, 0.55, 0.62], ("a", "100"): [0.70, 0.72],
+                  ("b", "5"): [0.40], ("b", "100"): []}
+    by_cell = {}
+    for run in runs:
+        by_cell.setdefault((run.row.key, run.split), []).append(run)
+    for cell, values in accuracies.items():
+        for run, value in zip(by_cell[cell], values):
+            _fake_summary(run.workdir, value, params=1234 if cell[0] == "a" else 56_789)
+    unfinished = by_cell[("b", "100")][0].workdir
+    unfinished.mkdir(parents=True)
+    (unfinished / "summary.json").write_text(json.dumps({"finished": False, "step": 3}))
+
+    results = collect(table, runs)
+    md = results.markdown().splitlines()
+    header = md.index("| System | Params | MACs | 5% | 100% |")
+    assert md[header + 2] == "| System A | 1.2K | 2.00M | 56.00 ± 5.57 | 71.00 ± 1.41 (n=2) |"
+    assert md[header + 3] == "| System B | 56.8K | 2.00M | 40.00 (n=1) | – |"
+
+    rows = list(csv.DictReader(io.StringIO(results.csv())))
+    assert [r["system"] for r in rows] == ["System A", "System B"]
+    assert float(rows[0]["split5_mean"]) == pytest.approx(0.56, abs=1e-12)
+    assert float(rows[0]["split5_std"]) == pytest.approx(math.sqrt(0.0031), abs=1e-12)
+    assert float(rows[0]["split100_std"]) == pytest.approx(np.std([0.70, 0.72], ddof=1), abs=1e-12)
+    assert rows[0]["split100_n"] == "2" and rows[0]["params"] == "1234"
+    assert rows[1]["split5_std"] == "" and rows[1]["split100_mean"] == "" and rows[1]["split100_n"] == "0"
+
+
+def test_pruning_summaries_report_their_last_phase(tmp_path):
+    table = Table("T", "T", rows=(Row("p", "pruned", "configs/demo.py"),))
+    (run,) = plan(table, data="D", workdir=tmp_path, seeds=(0,), splits=("25",))
+    run.workdir.mkdir(parents=True)
+    phase = lambda acc, params: {"macro_accuracy": acc, "complexity": {  # noqa: E731
+        "train_form": {"params": 0, "macs": 0}, "deploy_form": {"params": params, "macs": 7_000_000}}}
+    (run.workdir / "summary.json").write_text(json.dumps(
+        {"finished": True, "phases": [phase(0.6, 99_000), phase(0.55, 30_000)]}))
+    (row,) = collect(table, [run]).rows
+    assert row.accuracies["25"] == (0.55,) and row.params == (30_000,)
+
+
+def test_execute_skips_finished_resumes_unfinished_and_survives_failures(tmp_path):
+    table = Table("T", "T", rows=(Row("ok", "ok", "configs/demo.py"),
+                                  Row("boom", "boom", "configs/demo.py:model=cp_mobile")))
+    runs = plan(table, data="D", workdir=tmp_path, seeds=(0, 1), splits=("100",))
+    calls, attempts = [], {}
+
+    def fake_train(config, workdir):
+        calls.append(workdir)
+        attempts[workdir] = attempts.get(workdir, 0) + 1
+        if config.model.name == "cp_mobile":
+            raise RuntimeError("exploded")
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(to_dict(config)))
+        if workdir.name == "seed1" and attempts[workdir] == 1:
+            return {"finished": False, "step": 1}  # stopped early (max_steps): resumed next time
+        summary = {"finished": True, "eval": {"macro_accuracy": 0.5}, "complexity": {}}
+        (workdir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    first = execute(runs, train_fn=fake_train)
+    assert [o.state for o in first] == ["trained", "unfinished", "failed", "failed"]
+    assert "exploded" in first[2].reason
+    assert "RuntimeError: exploded" in (runs[2].workdir / "error.txt").read_text()
+
+    calls.clear()
+    second = execute(runs, train_fn=fake_train)
+    assert [o.state for o in second] == ["cached", "trained", "failed", "failed"]
+    assert calls == [runs[1].workdir, runs[2].workdir, runs[3].workdir]
+
+    # A finished run whose stored config differs from the plan is not reported as cached.
+    stored = json.loads((runs[0].workdir / "config.json").read_text())
+    (runs[0].workdir / "config.json").write_text(json.dumps({**stored, "seed": 42}))
+    outcome, config = check(runs[0])
+    assert outcome.state == "failed" and "different config" in outcome.reason and config is None
+
+
+def test_unsupported_rows_are_skipped_with_the_reason(tmp_path):
+    passt = [r for r in plan(TABLES.get("III"), data="D", workdir=tmp_path, seeds=(0,), splits=("5",))
+             if r.row.key == "passt"][0]
+    outcome, config = check(passt)
+    assert outcome.state == "skipped" and "frontend" in outcome.reason and config is None
+    table = Table("T", "T", rows=(Row("x", "X", "configs/demo.py:model=no_such_model"),))
+    (run,) = plan(table, data="D", workdir=tmp_path, seeds=(0,), splits=("5",))
+    outcome, _ = check(run)
+    assert outcome.state == "skipped" and "'no_such_model' is not registered" in outcome.reason
+    results = collect(table, [run], [outcome])
+    assert "| X | – | – | skipped |" in results.markdown()
+    assert "X: skipped: model 'no_such_model' is not registered" in results.markdown()
+
+
+@pytest.mark.slow
+def test_smoke_table_ii_end_to_end_and_rerun_is_cached(tmp_path, capsys):
+    argv = ["II", "--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "runs"), "--smoke"]
+    assert main(argv) == 0
+    table = TABLES.get("II")
+    for row in table.rows:
+        summary = json.loads((tmp_path / "runs" / "II" / row.key / "split100" / "seed0" / "summary.json").read_text())
+        assert summary["finished"] and summary["step"] == 3  # 120 clips / batch 32, 1 epoch
+    md = (tmp_path / "runs" / "II" / "results.md").read_text().splitlines()
+    header = md.index("| System | 100% |")
+    body = md[header + 2: header + 2 + len(table.rows)]
+    assert [line.split(" | ")[0][2:] for line in body] == [r.label for r in table.rows]
+    for line in body:  # one seed: the mean alone, a percentage
+        assert 0.0 <= float(line.split(" | ")[1].rstrip(" |")) <= 100.0
+    rows = list(csv.DictReader((tmp_path / "runs" / "II" / "results.csv").open()))
+    assert [r["key"] for r in rows] == [r.key for r in table.rows]
+    assert all(r["split100_n"] == "1" and 0 <= float(r["split100_mean"]) <= 1 for r in rows)
+    capsys.readouterr()
+
+    start = time.perf_counter()
+    assert main(argv) == 0
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert f"Table II: {len(table.rows)} cached" in out
+    assert elapsed < 30, f"a rerun of a finished table took {elapsed:.1f} s"
+    assert (tmp_path / "runs" / "II" / "results.md").read_text().splitlines() == md
