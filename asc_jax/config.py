@@ -21,6 +21,8 @@ from flax import nnx
 
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig
+from asc_jax.parallel import ParallelConfig
+from asc_jax.prune import PruneConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +95,13 @@ class Config:
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     kd: KDConfig = KDConfig()
+    parallel: ParallelConfig = ParallelConfig()  # Data-parallel devices / multi-host settings.
     eval_every_epochs: int = 5  # Evaluate (and keep best-N checkpoints) every this many epochs.
     keep_best: int = 3  # Best-N checkpoints by eval macro accuracy.
     log_every_steps: int = 20  # Console/CSV/TensorBoard logging period.
     max_steps: int = 0  # Stop after this many steps if > 0 (smoke tests, interruption tests).
+    # Progressive pruning: train the wide model, then prune + finetune in phases (train.progressive).
+    prune: PruneConfig | None = None
 
 
 def parse_variant(arg: str | None) -> dict[str, Any]:

@@ -161,6 +161,7 @@ def train_dataset(
     read_threads: int = 2,
     extra: ExtraFn | None = None,
     cache: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
     """The training stream (see module docstring); `iter()` it, checkpoint the iterator.
 
@@ -177,6 +178,8 @@ def train_dataset(
       read_threads: threads reading within one process (decode/resample release the GIL).
       extra: optional per-clip fields, see ExtraFn.
       cache: keep decoded audio in memory (only used when clips is not a ClipSource).
+      shard: (index, count): this process reads clips index, index + count, ... (multi-host
+        data parallelism: every process feeds a disjoint part of each global batch).
 
     Returns:
       A grain.IterDataset of batch dicts.
@@ -185,7 +188,10 @@ def train_dataset(
     if len(source) < batch_size:
         raise ValueError(f"{len(source)} clips cannot fill one batch of {batch_size}")
     max_shift = round(max_roll_ms * sr / 1000.0)
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
+    ds = grain.MapDataset.source(source)
+    if shard[1] > 1:
+        ds = ds[shard[0]::shard[1]]
+    ds = ds.seed(seed).shuffle().repeat(num_epochs)
     if extra is not None:
         ds = ds.random_map(AttachExtra(extra))
     ds = ds.random_map(RollWaveform(max_shift))

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from asc_jax import complexity, evaluate
+from asc_jax import complexity, evaluate, parallel
 from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
 from asc_jax.config import Config, to_dict
 from asc_jax.data import pipeline, synthetic, tau
@@ -65,11 +65,15 @@ def prepare_data(config: Config) -> Data:
     return Data(root, clips[0], clips[1], sources[0], sources[1])
 
 
-def predict(eval_fn, params, rest, source: pipeline.ClipSource, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+def predict(eval_fn, params, rest, source: pipeline.ClipSource, mesh=None,
+            batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Logits (N, C) for every clip of `source`, in order (padded batches, masked out)."""
+    if mesh is not None:  # the batch must split evenly over the devices
+        batch_size = -(-batch_size // mesh.size) * mesh.size
     out = []
     for batch in pipeline.eval_batches(source, batch_size):
-        logits = np.asarray(eval_fn(params, rest, batch["audio"]))
+        audio = batch["audio"] if mesh is None else parallel.put_eval_batch(batch["audio"], mesh)
+        logits = np.asarray(parallel.to_host(eval_fn(params, rest, audio)))
         out.append(logits[batch["mask"]])
     return np.concatenate(out)
 
@@ -127,6 +131,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
       A summary dict: final eval metrics of the trained and the fused deploy model,
       complexity, steps.
     """
+    mesh = parallel.setup(config.parallel)  # first: multi-host init precedes any device use
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config(workdir, config)
@@ -142,7 +147,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
 
     roll = config.augment.roll
     dataset = pipeline.train_dataset(
-        data.train_source, batch_size=batch_size, seed=config.seed, sr=config.mel.sample_rate,
+        data.train_source, batch_size=parallel.per_process_batch_size(batch_size, mesh),
+        seed=config.seed, sr=config.mel.sample_rate, shard=(jax.process_index(), jax.process_count()),
         max_roll_ms=0.0 if roll is None else roll.max_shift_s * 1000.0,
         worker_count=config.data.worker_count, extra=_teacher_extras(config, data))
     iterator = iter(dataset)
@@ -162,13 +168,14 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         if ckpts.latest_step() is not None:
             state = ckpts.restore_latest(state, iterator)
             log.info("resumed from step %d in %s", int(state.step), workdir)
+        state = parallel.put_state(state, mesh)
         step = int(state.step)
         history: list[dict] = []
         # Redraw at most every 5 s when logging to a file (CI, nohup) rather than a terminal.
         progress = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
                         mininterval=0.1 if sys.stderr.isatty() else 5.0)
         while step < stop_at:
-            state, metrics = train_step(state, next(iterator))
+            state, metrics = train_step(state, parallel.put_batch(next(iterator), mesh))
             history.append(metrics)
             step += 1
             progress.update(1)
@@ -181,7 +188,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 history = []
             epoch = step // steps_per_epoch
             if epoch_end and (epoch % config.eval_every_epochs == 0 or step == total_steps):
-                metrics = clip_metrics(predict(eval_fn, state.params, state.batch_stats, data.eval_source),
+                metrics = clip_metrics(predict(eval_fn, state.params, state.batch_stats, data.eval_source, mesh),
                                        data.eval_clips)
                 writer.write("eval", step, {k: metrics[k] for k in ("accuracy", "macro_accuracy")}
                              | {"device": metrics["device_group_accuracy"]})
