@@ -1,0 +1,287 @@
+"""Export of deploy models (float or int8) to StableHLO (`jax.export`) and ONNX (`jax2onnx`).
+
+StableHLO: waveform in, logits out. The log-mel frontend (`asc_jax.audio.features.log_mel`) and
+the weights (int8 ones stay int8) are constants of one serialized module with a symbolic batch
+dimension; `load_stablehlo` + `Exported.call` runs it in any JAX process without this package.
+
+ONNX: by default log-mel in (dynamic batch), logits out; the frontend parameters (MelConfig
+fields, sample rate, clip length) are written to the model's metadata_props, so a runtime can
+compute the features (librosa.feature.melspectrogram(center=True, pad_mode="constant", power=2,
+window="hann") with those fields, then log(mel + log_floor)). With `frontend=True` the STFT is
+in the graph too (jax2onnx lowers the FFT to ONNX DFT) but the batch size is fixed: in
+jax2onnx 0.17.1 the lowering of the `lax.pad` that `jnp.fft.rfft` emits cannot take a symbolic
+dimension.
+
+Every export writes a JSON description next to the model (`<file>.json`; the same text is the
+ONNX "asc_jax" metadata entry): input kind and shape, sample rate, MelConfig, class names, the
+model spec and quantization settings. Outputs are logits; softmax gives class probabilities.
+
+Two jax2onnx workarounds live in `_jax2onnx_plugins_for_lax`, both because jax2onnx loads all of
+its ~1,500 plugins on its first conversion:
+  * loading time: its Equinox plugins compile JAX functions at import (about 30 s on 2 CPU
+    cores); a model given as a function of lax/jnp calls needs only the lax/jnp plugins;
+  * its Flax NNX plugin patches `nnx.avg_pool` with a keyword-only `window_shape` and string
+    padding, which breaks Rep-Mobile's `avg_pool_3x3` (positional window, explicit padding).
+So the model is converted as a plain function (weights closed over) with only jax2onnx's lax/jnp
+plugins loaded. If the Flax plugins were already loaded in this process, export_onnx refuses
+with an error that says so (use a fresh process).
+
+CLI: python -m asc_jax.export --checkpoint <workdir>/deploy --out <workdir>/export
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax.data import tau
+
+FORMAT_VERSION = 1
+CLIP_SECONDS = 1.0  # DCASE2024 Task 1 clips; the models are trained on exactly this length.
+
+
+def inference_fn(model: nnx.Module, mel: MelConfig | None) -> Callable[[jax.Array], jax.Array]:
+    """Pure `x -> logits` with the weights closed over as constants.
+
+    Args:
+      model: any model of the zoo (float or int8).
+      mel: frontend settings; with a MelConfig, x is a waveform batch (B, n_samples) at
+        mel.sample_rate, with None a log-mel batch (B, n_mels, n_frames).
+    """
+    graphdef, state = nnx.split(model)
+
+    def fn(x: jax.Array) -> jax.Array:
+        if mel is not None:
+            x = log_mel(x, mel)
+        return nnx.merge(graphdef, state)(x, train=False)[0]
+
+    return fn
+
+
+def input_shape(mel: MelConfig, frontend: bool, clip_seconds: float = CLIP_SECONDS) -> tuple[int, ...]:
+    """Shape of one example: (n_samples,) of waveform or (n_mels, n_frames) of log-mel."""
+    n_samples = round(clip_seconds * mel.sample_rate)
+    return (n_samples,) if frontend else (mel.n_mels, mel.n_frames(n_samples))
+
+
+def metadata(mel: MelConfig, class_names: Sequence[str], *, frontend: bool, batch: int | str,
+             clip_seconds: float = CLIP_SECONDS, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON description written next to every export."""
+    shape = [batch, *input_shape(mel, frontend, clip_seconds)]
+    spec = dict(spec or {})
+    return {
+        "format_version": FORMAT_VERSION,
+        "input": {
+            "name": "waveform" if frontend else "log_mel",
+            "shape": shape,
+            "dtype": "float32",
+            "description": (f"mono waveform at {mel.sample_rate} Hz, {clip_seconds} s per example" if frontend
+                            else "log(mel + log_floor), mel power spectrogram (n_mels, n_frames) of a "
+                                 f"{clip_seconds} s clip at {mel.sample_rate} Hz computed with `mel`"),
+        },
+        "output": {"name": "logits", "shape": [batch, len(class_names)], "description": "softmax -> class probabilities"},
+        "frontend_included": frontend,
+        "clip_seconds": clip_seconds,
+        "mel": dataclasses.asdict(mel),
+        "class_names": list(class_names),
+        "model": spec.get("model"),
+        "quantization": (spec.get("quantization") or {}).get("config"),
+    }
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+# ---------------------------------------------------------------------------------------------
+# StableHLO
+# ---------------------------------------------------------------------------------------------
+
+def export_stablehlo(model: nnx.Module, path: str | Path, *, mel: MelConfig,
+                     class_names: Sequence[str] = tau.CLASSES, frontend: bool = True,
+                     clip_seconds: float = CLIP_SECONDS, platforms: Sequence[str] | None = None,
+                     spec: Mapping[str, Any] | None = None) -> Path:
+    """Serializes `model` (with the frontend by default) as StableHLO with a symbolic batch.
+
+    Args:
+      model: deploy model (float or int8).
+      path: output file; its description goes to `<path>.json`.
+      mel: frontend settings (recorded in any case; in the graph when frontend=True).
+      class_names: names of the logits, in order.
+      frontend: waveform input (True) or log-mel input (False).
+      clip_seconds: example length.
+      platforms: lowering targets, e.g. ("cpu", "cuda"); default: the current backend.
+      spec: model.json of the saved model (recorded in the description).
+    Returns:
+      The path written.
+    """
+    fn = inference_fn(model, mel if frontend else None)
+    batch, = jax.export.symbolic_shape("batch")
+    arg = jax.ShapeDtypeStruct((batch, *input_shape(mel, frontend, clip_seconds)), jnp.float32)
+    exported = jax.export.export(jax.jit(fn), platforms=platforms)(arg)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(exported.serialize())
+    meta = metadata(mel, class_names, frontend=frontend, batch="batch", clip_seconds=clip_seconds, spec=spec)
+    _sidecar(path).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_stablehlo(path: str | Path) -> tuple[jax.export.Exported, dict[str, Any]]:
+    """(Exported, description) of a file written by `export_stablehlo`; call `.call(x)` on the first."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such exported model")
+    try:
+        exported = jax.export.deserialize(bytearray(path.read_bytes()))
+    except Exception as err:  # the deserializer raises several types on foreign bytes
+        raise ValueError(f"{path}: not a serialized jax.export module ({err})") from err
+    meta_path = _sidecar(path)
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return exported, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _jax2onnx_plugins_for_lax() -> Iterator[Any]:
+    """jax2onnx with only its lax/jnp plugins discoverable during the conversion (module docstring)."""
+    import jax2onnx
+    from jax2onnx.converter import conversion_api
+    from jax2onnx.plugins import plugin_system
+
+    if "jax2onnx.plugins.flax.nnx.avg_pool" in sys.modules:
+        raise RuntimeError(
+            "jax2onnx's Flax plugins are loaded in this process; their nnx.avg_pool patch cannot trace "
+            "Rep-Mobile's pooling (jax2onnx 0.17.1). Export ONNX from a fresh process.")
+    loaded = set()
+
+    def import_lax_plugins() -> None:
+        if loaded:
+            return
+        package = importlib.import_module("jax2onnx.plugins.jax")
+        for info in pkgutil.walk_packages(package.__path__, prefix="jax2onnx.plugins.jax."):
+            importlib.import_module(info.name)
+        loaded.add(True)
+
+    # The discovery function is looked up by name in these two modules at conversion time.
+    owners = [m for m in (conversion_api, plugin_system) if hasattr(m, "import_all_plugins")]
+    originals = [m.import_all_plugins for m in owners]
+    try:
+        for owner in owners:
+            owner.import_all_plugins = import_lax_plugins
+        yield jax2onnx
+    finally:
+        for owner, original in zip(owners, originals):
+            owner.import_all_plugins = original
+
+
+def export_onnx(model: nnx.Module, path: str | Path, *, mel: MelConfig,
+                class_names: Sequence[str] = tau.CLASSES, frontend: bool = False, batch_size: int = 1,
+                clip_seconds: float = CLIP_SECONDS, spec: Mapping[str, Any] | None = None,
+                opset: int = 23) -> Path:
+    """Converts `model` to ONNX with jax2onnx.
+
+    Args:
+      model: deploy model (float or int8: int8 weights stay int8 initializers, dequantized in
+        the graph).
+      path: output .onnx file; its description goes to `<path>.json` and metadata_props.
+      mel: frontend settings (recorded in any case; in the graph when frontend=True).
+      class_names: names of the logits, in order.
+      frontend: waveform input with the STFT in the graph (fixed batch of `batch_size`), or
+        log-mel input (dynamic batch; `batch_size` unused).
+      clip_seconds: example length.
+      spec: model.json of the saved model (recorded in the description).
+      opset: ONNX opset.
+    Returns:
+      The path written.
+    """
+    import onnx
+
+    if frontend and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch: int | str = batch_size if frontend else "batch"
+    meta = metadata(mel, class_names, frontend=frontend, batch=batch, clip_seconds=clip_seconds, spec=spec)
+    with _jax2onnx_plugins_for_lax() as jax2onnx:
+        proto = jax2onnx.to_onnx(inference_fn(model, mel if frontend else None),
+                                 inputs=[(batch, *input_shape(mel, frontend, clip_seconds))],
+                                 model_name="asc_jax", opset=opset,
+                                 input_names=[meta["input"]["name"]], output_names=["logits"])
+    entries = {"asc_jax": json.dumps(meta), "mel_config": json.dumps(meta["mel"]),
+               "class_names": json.dumps(meta["class_names"]), "input": meta["input"]["name"],
+               "clip_seconds": str(clip_seconds)}
+    onnx.helper.set_model_props(proto, entries)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path))
+    _sidecar(path).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The "asc_jax" description stored in an exported ONNX model's metadata_props."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "asc_jax" not in props:
+        raise ValueError(f"{path}: no asc_jax metadata (not written by asc_jax.export)")
+    return json.loads(props["asc_jax"])
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def export_saved(model_dir: str | Path, out_dir: str | Path, *, formats: Iterable[str] = ("stablehlo", "onnx"),
+                 onnx_frontend: bool = False, onnx_batch_size: int = 1) -> list[Path]:
+    """Exports a saved model dir (float deploy or int8) to `out_dir`/model.{stablehlo,onnx}."""
+    from asc_jax.quantize import load_any
+
+    model, spec = load_any(model_dir)
+    mel = MelConfig(**spec["mel"])
+    class_names = spec.get("class_names", list(tau.CLASSES))
+    out_dir = Path(out_dir)
+    written = []
+    for fmt in formats:
+        if fmt == "stablehlo":
+            written.append(export_stablehlo(model, out_dir / "model.stablehlo", mel=mel, class_names=class_names,
+                                            spec=spec))
+        elif fmt == "onnx":
+            written.append(export_onnx(model, out_dir / "model.onnx", mel=mel, class_names=class_names,
+                                       frontend=onnx_frontend, batch_size=onnx_batch_size, spec=spec))
+        else:
+            raise ValueError(f"unknown export format {fmt!r}; known: stablehlo, onnx")
+    return written
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a saved deploy model (float or int8) to StableHLO and ONNX.")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="saved model dir (<workdir>/deploy)")
+    parser.add_argument("--out", required=True, type=Path, help="output dir")
+    parser.add_argument("--format", nargs="+", choices=("stablehlo", "onnx"), default=["stablehlo", "onnx"])
+    parser.add_argument("--onnx-frontend", action="store_true",
+                        help="waveform-input ONNX with the STFT in the graph (fixed batch)")
+    parser.add_argument("--onnx-batch-size", type=int, default=1, help="batch of the waveform-input ONNX")
+    args = parser.parse_args(None if argv is None else list(argv))
+    for path in export_saved(args.checkpoint, args.out, formats=args.format, onnx_frontend=args.onnx_frontend,
+                             onnx_batch_size=args.onnx_batch_size):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,752 @@
+"""Int8 post-training quantization and quantization-aware finetuning of deploy (fused) models.
+
+Scheme (the per-channel int8 convention of ONNX QDQ and TFLite):
+  * conv weights: symmetric, per output channel, q = clip(round(w / s), -127, 127) with
+    s = max|w| / 127 over the channel; stored as int8 plus one float32 scale per output channel;
+  * conv inputs: per tensor, affine int8 (scale and zero point) from a range [lo, hi] calibrated
+    on a batch of log-mels (min/max or percentiles) and widened to contain 0, so that the convs'
+    zero padding and the zeros after ReLU stay exact. Most conv inputs follow a ReLU and are
+    non-negative: an affine code uses all 256 levels on them, a symmetric one only 128;
+  * biases, GRN's two scalars, residual sums, pooling and the final mean stay float32 (integer
+    runtimes keep biases as int32 at scale s_in * s_w, which is as exact).
+The quantized model is simulated in float: its int8 weights are dequantized in the forward pass
+and every conv input is fake-quantized (quantized, then dequantized). That computes the same
+products as an int8 x int8 -> int32 kernel followed by rescaling, up to float32 summation order.
+
+Quantization-aware finetuning: `prepare_qat` turns every conv into a `FakeQuantConv` whose float
+kernel is fake-quantized in the forward pass with a straight-through estimator (identity gradient
+for weights, which absmax scaling never clips; for inputs the gradient passes inside the
+calibrated range and is zero outside, as TensorFlow's FakeQuantWithMinMaxVars). The ranges are
+`ActRange` variables, not Params, so the functional train step (`asc_jax.train.steps`) keeps them
+fixed; `calibrate` + `set_ranges` re-estimate them after finetuning. `convert_qat` gives the int8
+model, whose forward pass equals the QAT model's.
+
+Why not qwix (checked with qwix 0.1.8): `qwix.quantize_model(deploy_rep_mobile,
+qwix.PtqProvider([qwix.QuantizationRule(weight_qtype=jnp.int8, act_qtype=jnp.int8)]), x)` quantizes
+only the two stem convs (2,376 of 124,862 parameters). qwix intercepts calls to
+`jax.lax.conv_general_dilated`, `jax.lax.dot_general` and `jnp.einsum` and recognises a weight by
+finding the operand among the calling module's nnx.Params, and
+  * `DepthwiseConv` on CPU computes its taps with elementwise multiplies (no conv to intercept),
+  * `PointwiseConv` contracts `kernel[0, 0]`, a new array in the eager call that `quantize_model`
+    makes, so qwix takes it for an activation and the float kernel stays in the model;
+moreover its PTQ conv path quantizes activations with dynamic per-example scales (static ranges
+need the QT provider's moving-average statistics), and its symmetric int8 code uses the bound
+127.5 with a saturating cast (codes -128..127), not the -127..127 per-channel convention above.
+So the scheme is implemented here, on the module tree, in a few small functions.
+
+CLI: python -m asc_jax.quantize --checkpoint <workdir>/deploy --data-root DATA --out <workdir>/deploy_int8
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from flax.nnx.nn.linear import canonicalize_padding
+
+from asc_jax import evaluate
+from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax.checkpoint import load_model, read_spec
+from asc_jax.complexity import DCASE_MAX_PARAM_BYTES
+from asc_jax.data import pipeline, tau
+from asc_jax.models.layers import DepthwiseConv, PointwiseConv, depthwise_taps
+from asc_jax.surgery import check_tree_match, flatten
+
+log = logging.getLogger(__name__)
+
+CALIBRATIONS = ("minmax", "percentile")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    weight_bits: int = 8  # Symmetric per-output-channel conv weights, stored as int8 (2..8 bits).
+    act_bits: int | None = 8  # Per-tensor affine conv inputs (2..8 bits); None = weight-only.
+    calibration: str = "minmax"  # Conv-input ranges over the calibration batch: "minmax" or "percentile".
+    percentile: float = 99.99  # With "percentile": range = [P(100 - p), P(p)] of each conv input.
+
+    def __post_init__(self):
+        if not 2 <= self.weight_bits <= 8:
+            raise ValueError(f"weight_bits must be in 2..8 (stored as int8), got {self.weight_bits}")
+        if self.act_bits is not None and not 2 <= self.act_bits <= 8:
+            raise ValueError(f"act_bits must be in 2..8 or None, got {self.act_bits}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerics
+# ---------------------------------------------------------------------------------------------
+
+def quantize_weight(kernel: jax.Array, bits: int = 8) -> tuple[jax.Array, jax.Array]:
+    """Symmetric per-output-channel (last axis) quantization.
+
+    Returns:
+      (int8 codes with kernel's shape, float32 scales of shape (C_out,)); the weights are
+      codes * scales.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    absmax = jnp.max(jnp.abs(kernel), axis=tuple(range(kernel.ndim - 1)))
+    # An all-zero (e.g. pruned) channel gets scale 1; its codes are 0 either way.
+    scale = jnp.where(absmax > 0, absmax / qmax, 1.0).astype(jnp.float32)
+    codes = jnp.clip(jnp.round(kernel / scale), -qmax, qmax).astype(jnp.int8)
+    return codes, scale
+
+
+def dequantize_weight(codes: jax.Array, scale: jax.Array) -> jax.Array:
+    return codes.astype(jnp.float32) * scale
+
+
+def act_qparams(act_range: jax.Array, bits: int = 8) -> tuple[jax.Array, jax.Array]:
+    """(scale, zero point) of the affine code of a range [lo, hi] that contains 0."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    span = act_range[1] - act_range[0]
+    scale = jnp.where(span > 0, span / (qmax - qmin), 1.0)
+    zero_point = jnp.clip(jnp.round(qmin - act_range[0] / scale), qmin, qmax)
+    return scale, zero_point
+
+
+def _fake_quant_act(x: jax.Array, act_range: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    scale, zero_point = act_qparams(act_range, bits)
+    codes = jnp.clip(jnp.round(x / scale) + zero_point, qmin, qmax)
+    # The gradient passes where x lies within the representable range (TF's FakeQuant rule).
+    inside = (x >= (qmin - zero_point) * scale) & (x <= (qmax - zero_point) * scale)
+    return (codes - zero_point) * scale, inside
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def fake_quant_act(x: jax.Array, act_range: jax.Array, bits: int = 8) -> jax.Array:
+    """Affine quantize-dequantize of `x` on `act_range`; straight-through gradient inside it."""
+    return _fake_quant_act(x, act_range, bits)[0]
+
+
+def _fake_quant_act_fwd(x, act_range, bits):
+    y, inside = _fake_quant_act(x, act_range, bits)
+    return y, (inside, act_range)
+
+
+def _fake_quant_act_bwd(bits, residuals, g):
+    inside, act_range = residuals
+    return g * inside, jnp.zeros_like(act_range)
+
+
+fake_quant_act.defvjp(_fake_quant_act_fwd, _fake_quant_act_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def fake_quant_weight(kernel: jax.Array, bits: int = 8) -> jax.Array:
+    """Per-channel quantize-dequantize of a kernel; straight-through (identity) gradient."""
+    return dequantize_weight(*quantize_weight(kernel, bits))
+
+
+def _fake_quant_weight_fwd(kernel, bits):
+    return fake_quant_weight(kernel, bits), None
+
+
+def _fake_quant_weight_bwd(bits, _, g):
+    return (g,)
+
+
+fake_quant_weight.defvjp(_fake_quant_weight_fwd, _fake_quant_weight_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized conv modules
+# ---------------------------------------------------------------------------------------------
+
+class ActRange(nnx.Variable):
+    """Calibrated [lo, hi] (float32) of a conv input; fixed during finetuning."""
+
+
+class QuantWeight(nnx.Variable):
+    """Int8 conv weights (a Variable, not a Param: integers take no gradient)."""
+
+
+class WeightScale(nnx.Variable):
+    """Per-output-channel float32 scales of a QuantWeight."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """How a quantized conv computes: the static part of the nnx.Conv it replaces."""
+
+    kind: str  # "depthwise" (DepthwiseConv), "pointwise" (PointwiseConv) or "conv" (other nnx.Conv)
+    strides: tuple[int, int]
+    padding: Any  # lax padding: "SAME" / "VALID" or ((lo, hi), (lo, hi))
+    groups: int
+
+    @classmethod
+    def of(cls, conv: nnx.Conv) -> "ConvSpec":
+        if len(conv.kernel_size) != 2:
+            raise ValueError(f"only 2-D convs can be quantized, got kernel_size {conv.kernel_size}")
+        unsupported = [name for name in ("input_dilation", "kernel_dilation")
+                       if getattr(conv, name) not in (None, 1, (1, 1))]
+        if conv.mask is not None:
+            unsupported.append("mask")
+        padding = canonicalize_padding(conv.padding, 2)
+        if padding in ("CIRCULAR", "REFLECT", "CAUSAL"):
+            unsupported.append(f"padding={padding}")
+        if unsupported:
+            raise ValueError(f"cannot quantize a conv with {', '.join(unsupported)}")
+        strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides or (1, 1))
+        kind = ("depthwise" if isinstance(conv, DepthwiseConv)
+                else "pointwise" if isinstance(conv, PointwiseConv) else "conv")
+        padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+        return cls(kind, strides, padding, int(conv.feature_group_count))
+
+    def apply(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """The conv without bias, lowered as the replaced layer lowers it."""
+        if self.kind == "pointwise":
+            return jnp.einsum("...c,co->...o", x, kernel[0, 0])
+        if self.kind == "depthwise" and jax.default_backend() == "cpu":
+            return depthwise_taps(x, kernel, self.strides)
+        return jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=self.groups)
+
+
+def _range_variable(act_range: Any, act_bits: int | None) -> ActRange | None:
+    if act_bits is None:
+        return None
+    act_range = jnp.asarray(act_range, jnp.float32)
+    if act_range.shape != (2,):
+        raise ValueError(f"an activation range is [lo, hi], got shape {act_range.shape}")
+    return ActRange(act_range)
+
+
+class FakeQuantConv(nnx.Module):
+    """QAT form of a conv: float kernel (a Param) fake-quantized per channel in every forward."""
+
+    def __init__(self, spec: ConvSpec, kernel: jax.Array, bias: jax.Array | None, act_range: Any,
+                 *, weight_bits: int, act_bits: int | None):
+        self.spec = spec
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
+        self.bias = None if bias is None else nnx.Param(jnp.asarray(bias, jnp.float32))
+        self.act_range = _range_variable(act_range, act_bits)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.act_range is not None:
+            x = fake_quant_act(x, self.act_range[...], self.act_bits)
+        y = self.spec.apply(x, fake_quant_weight(self.kernel[...], self.weight_bits))
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Int8Conv(nnx.Module):
+    """Deployed form of a conv: int8 per-channel weights, float32 bias, fake-quantized input.
+
+    Built from the output of `quantize_weight` (see `quantize` and `convert_qat`).
+    """
+
+    def __init__(self, spec: ConvSpec, codes: jax.Array, scale: jax.Array, bias: jax.Array | None,
+                 act_range: Any, *, weight_bits: int, act_bits: int | None):
+        if codes.dtype != jnp.int8 or scale.shape != codes.shape[-1:]:
+            raise ValueError(f"expected int8 codes and one scale per output channel, got {codes.dtype} "
+                             f"{codes.shape} and scales {scale.shape}")
+        self.spec = spec
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        self.kernel = QuantWeight(codes)
+        self.scale = WeightScale(jnp.asarray(scale, jnp.float32))
+        self.bias = None if bias is None else nnx.Param(jnp.asarray(bias, jnp.float32))
+        self.act_range = _range_variable(act_range, act_bits)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.act_range is not None:
+            x = fake_quant_act(x, self.act_range[...], self.act_bits)
+        y = self.spec.apply(x, dequantize_weight(self.kernel[...], self.scale[...]))
+        return y if self.bias is None else y + self.bias[...]
+
+
+QUANT_CONVS = (FakeQuantConv, Int8Conv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Module surgery
+# ---------------------------------------------------------------------------------------------
+
+def _name(path: Sequence[Any]) -> str:
+    return "/".join(map(str, path))
+
+
+def _child(node: Any, key: Any) -> Any:
+    return node[key] if isinstance(node, (nnx.List, nnx.Dict)) else getattr(node, key)
+
+
+def _set_child(node: Any, key: Any, value: Any) -> None:
+    if isinstance(node, (nnx.List, nnx.Dict)):
+        node[key] = value
+    else:
+        setattr(node, key, value)
+
+
+def conv_layers(model: nnx.Module) -> dict[str, nnx.Module]:
+    """{path name ("stages/0/1/expand/conv"): module} of every conv (float, QAT or int8) of `model`."""
+    return {_name(path): m for path, m in nnx.iter_modules(model)
+            if isinstance(m, (nnx.Conv, *QUANT_CONVS))}
+
+
+def _check_deploy(model: nnx.Module) -> None:
+    bns = [_name(p) for p, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    if bns:
+        raise ValueError(f"the model has BatchNorm layers ({bns[0]}, ...): quantize the fused deploy "
+                         "model (asc_jax.reparam.fuse; training writes it to <workdir>/deploy)")
+    if not conv_layers(model):
+        raise ValueError(f"{type(model).__name__} has no conv layer to quantize")
+
+
+def _map_convs(model: nnx.Module, fn: Callable[[str, nnx.Module], nnx.Module]) -> nnx.Module:
+    """A copy of `model` with each conv replaced by fn(name, conv); `model` is left untouched."""
+    graphdef, state = nnx.split(model)
+    # Fresh buffers, not shared ones: a train step that donates the QAT model's arrays must not
+    # delete the float model's.
+    copy = nnx.merge(graphdef, jax.jit(lambda s: jax.tree.map(jnp.copy, s))(state))
+    targets = [path for path, m in nnx.iter_modules(copy) if isinstance(m, (nnx.Conv, *QUANT_CONVS))]
+    for path in targets:
+        parent = copy
+        for key in path[:-1]:
+            parent = _child(parent, key)
+        _set_child(parent, path[-1], fn(_name(path), _child(parent, path[-1])))
+    return copy
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _quantize_kernels(kernels: dict[str, jax.Array], bits: int) -> dict[str, tuple[jax.Array, jax.Array]]:
+    # One compiled call for all layers: eager per-layer ops would compile a small program each.
+    return {name: quantize_weight(kernel, bits) for name, kernel in kernels.items()}
+
+
+def _lookup(ranges: Mapping[str, Any] | None, name: str, act_bits: int | None) -> Any:
+    if act_bits is None:
+        return None
+    if ranges is None or name not in ranges:
+        raise ValueError(f"no calibrated activation range for conv {name!r} "
+                         f"(have {sorted(ranges or {})}); run calibrate() on this model")
+    return ranges[name]
+
+
+def _bias(conv: nnx.Module) -> jax.Array | None:
+    return None if conv.bias is None else conv.bias[...]
+
+
+def _float_convs(model: nnx.Module) -> dict[str, nnx.Conv]:
+    _check_deploy(model)
+    convs = conv_layers(model)
+    quantized = [name for name, conv in convs.items() if isinstance(conv, QUANT_CONVS)]
+    if quantized:
+        raise ValueError(f"conv {quantized[0]!r} is already quantized ({type(convs[quantized[0]]).__name__})")
+    return convs
+
+
+def quantize(model: nnx.Module, ranges: Mapping[str, Any] | None, cfg: QuantConfig = QuantConfig()) -> nnx.Module:
+    """Int8 copy of a float deploy model: every conv becomes an `Int8Conv`.
+
+    Args:
+      model: a BN-free (fused) model.
+      ranges: {conv name: [lo, hi]} from `calibrate` (unused when cfg.act_bits is None).
+      cfg: bit widths.
+    """
+    convs = _float_convs(model)
+    codes = _quantize_kernels({name: conv.kernel[...] for name, conv in convs.items()}, cfg.weight_bits)
+    return _map_convs(model, lambda name, conv: Int8Conv(
+        ConvSpec.of(conv), *codes[name], _bias(conv), _lookup(ranges, name, cfg.act_bits),
+        weight_bits=cfg.weight_bits, act_bits=cfg.act_bits))
+
+
+def prepare_qat(model: nnx.Module, ranges: Mapping[str, Any] | None, cfg: QuantConfig = QuantConfig()) -> nnx.Module:
+    """QAT copy of a float deploy model: every conv becomes a `FakeQuantConv` (trainable kernel)."""
+    _float_convs(model)
+    return _map_convs(model, lambda name, conv: FakeQuantConv(
+        ConvSpec.of(conv), conv.kernel[...], _bias(conv), _lookup(ranges, name, cfg.act_bits),
+        weight_bits=cfg.weight_bits, act_bits=cfg.act_bits))
+
+
+def convert_qat(model: nnx.Module) -> nnx.Module:
+    """Int8 model from a QAT model, with the QAT model's bit widths and ranges."""
+    convs = conv_layers(model)
+    wrong = [name for name, conv in convs.items() if not isinstance(conv, FakeQuantConv)]
+    if wrong or not convs:
+        raise ValueError(f"conv {wrong[0] if wrong else None!r} is not a FakeQuantConv: convert_qat expects "
+                         "the model returned by prepare_qat")
+    bits = {conv.weight_bits for conv in convs.values()}
+    if len(bits) != 1:
+        raise ValueError(f"mixed weight bit widths {sorted(bits)}")
+    codes = _quantize_kernels({name: conv.kernel[...] for name, conv in convs.items()}, bits.pop())
+    return _map_convs(model, lambda name, conv: Int8Conv(
+        conv.spec, *codes[name], _bias(conv), None if conv.act_range is None else conv.act_range[...],
+        weight_bits=conv.weight_bits, act_bits=conv.act_bits))
+
+
+def set_ranges(model: nnx.Module, ranges: Mapping[str, Any]) -> nnx.Module:
+    """Overwrites the activation ranges of a QAT or int8 model in place (e.g. after finetuning)."""
+    for name, conv in conv_layers(model).items():
+        if isinstance(conv, QUANT_CONVS) and conv.act_range is not None:
+            conv.act_range.value = jnp.asarray(_lookup(ranges, name, conv.act_bits), jnp.float32)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------------------------
+
+class _CalibStat(nnx.Variable):
+    pass
+
+
+class _Observer(nnx.Module):
+    """Records [lo, hi] of its conv's input, then runs the conv."""
+
+    def __init__(self, inner: nnx.Module, calibration: str, percentile: float):
+        self.inner = inner
+        self.calibration = calibration
+        self.percentile = percentile
+        self.stat = _CalibStat(jnp.zeros((2,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.calibration == "minmax":
+            lo, hi = jnp.min(x), jnp.max(x)
+        else:
+            lo, hi = jnp.percentile(x, jnp.array([100.0 - self.percentile, self.percentile]))
+        self.stat.value = jnp.stack([lo, hi]).astype(jnp.float32)
+        return self.inner(x)
+
+
+def calibrate(model: nnx.Module, mels: Any, cfg: QuantConfig = QuantConfig(), *,
+              batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Ranges of every conv input of `model` over a calibration batch of log-mels.
+
+    "minmax" takes the extremes over all batches; "percentile" averages the per-batch
+    percentiles (extremes of a single batch are what percentiles are meant to discard). Either
+    range is widened to contain 0. Works on float, QAT and int8 models alike (for the latter two
+    the inputs are those of the quantized network, which is what re-calibration wants).
+
+    Args:
+      model: deploy model, (B, n_mels, n_frames) log-mel in, (logits, aux) out.
+      mels: (N, n_mels, n_frames) float log-mels, e.g. of clips from the training split.
+      cfg: the calibration method.
+      batch_size: log-mels per forward pass.
+    Returns:
+      {conv name: float32 [lo, hi]}.
+    """
+    mels = np.asarray(mels, np.float32)
+    if mels.ndim != 3 or len(mels) == 0:
+        raise ValueError(f"calibration needs a non-empty (N, n_mels, n_frames) batch, got shape {mels.shape}")
+    if not np.isfinite(mels).all():
+        raise FloatingPointError("calibration log-mels contain NaN or inf")
+    _check_deploy(model)
+    observed = _map_convs(model, lambda name, conv: _Observer(conv, cfg.calibration, cfg.percentile))
+    graphdef, state = nnx.split(observed)
+
+    @jax.jit
+    def batch_ranges(state, x):
+        m = nnx.merge(graphdef, state)
+        m(x, train=False)
+        return nnx.to_pure_dict(nnx.state(m, _CalibStat))
+
+    per_batch, weights = [], []
+    for start in range(0, len(mels), batch_size):
+        chunk = mels[start:start + batch_size]
+        per_batch.append({_name(p[:-1]): np.asarray(v) for p, v in flatten(batch_ranges(state, chunk)).items()})
+        weights.append(len(chunk))
+    ranges = {}
+    for name in per_batch[0]:
+        stats = np.stack([b[name] for b in per_batch])
+        if cfg.calibration == "minmax":
+            lo, hi = stats[:, 0].min(), stats[:, 1].max()
+        else:
+            lo, hi = np.average(stats, axis=0, weights=weights)
+        ranges[name] = np.array([min(lo, 0.0), max(hi, 0.0)], np.float32)
+    return ranges
+
+
+def post_training_quantize(model: nnx.Module, mels: Any, cfg: QuantConfig = QuantConfig(), *,
+                           batch_size: int = 64) -> nnx.Module:
+    """`quantize(model, calibrate(model, mels, cfg), cfg)`."""
+    ranges = calibrate(model, mels, cfg, batch_size=batch_size) if cfg.act_bits is not None else None
+    return quantize(model, ranges, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory report
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Parameter memory of a model quantized with this scheme (float, QAT or int8 input).
+
+    Attributes:
+      params: parameters in the DCASE count (conv weights + biases + other trainables).
+      weight_params: conv weights, int8 in the quantized model.
+      bias_params: conv biases (float32 here; int32 in integer runtimes).
+      other_params: other trainable values kept in float32 (GRN gamma/beta).
+      weight_scales: per-output-channel float32 weight scales (one per conv output channel).
+      act_ranges: quantized activation tensors, each with a float32 [lo, hi] (-> scale, zero point).
+    """
+
+    params: int
+    weight_params: int
+    bias_params: int
+    other_params: int
+    weight_scales: int
+    act_ranges: int
+
+    @property
+    def int8_bytes(self) -> int:
+        """DCASE parameter memory at int8: every parameter at one byte."""
+        return self.params
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Quantization parameters on top: float32 weight scales + [lo, hi] per activation."""
+        return 4 * self.weight_scales + 8 * self.act_ranges
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the int8 model as this implementation stores it (float32 biases and GRN)."""
+        return self.weight_params + 4 * (self.bias_params + self.other_params) + self.overhead_bytes
+
+    @property
+    def fits_dcase(self) -> bool:
+        return self.int8_bytes <= DCASE_MAX_PARAM_BYTES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "int8_bytes": self.int8_bytes, "overhead_bytes": self.overhead_bytes,
+                "stored_bytes": self.stored_bytes, "dcase_limit_bytes": DCASE_MAX_PARAM_BYTES,
+                "fits_dcase": self.fits_dcase}
+
+    def table(self) -> str:
+        return "\n".join([
+            f"parameters            {self.params:>9,}  (weights {self.weight_params:,}, biases "
+            f"{self.bias_params:,}, other {self.other_params:,})",
+            f"DCASE memory at int8  {self.int8_bytes:>9,} B  (limit {DCASE_MAX_PARAM_BYTES:,} B: "
+            f"{'fits' if self.fits_dcase else 'EXCEEDS'}, {DCASE_MAX_PARAM_BYTES - self.int8_bytes:,} B to spare)",
+            f"+ quantization params {self.overhead_bytes:>9,} B  ({self.weight_scales:,} float32 weight scales, "
+            f"{self.act_ranges} activation ranges)",
+            f"stored int8 model     {self.stored_bytes:>9,} B  (int8 weights, float32 biases/GRN/scales)",
+        ])
+
+
+def memory_report(model: nnx.Module, cfg: QuantConfig = QuantConfig()) -> MemoryReport:
+    """Memory of `model` in int8 form. For a float model, `cfg` says whether inputs get ranges."""
+    convs = conv_layers(model)
+    weights = biases = scales = ranges = 0
+    for conv in convs.values():
+        weights += int(np.prod(conv.kernel.shape))
+        biases += 0 if conv.bias is None else int(np.prod(conv.bias.shape))
+        scales += int(conv.kernel.shape[-1])
+        has_range = conv.act_range is not None if isinstance(conv, QUANT_CONVS) else cfg.act_bits is not None
+        ranges += int(has_range)
+    all_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    conv_params = sum(int(np.prod(x.shape)) for c in convs.values()
+                      for x in jax.tree.leaves(nnx.state(c, nnx.Param)))
+    other = all_params - conv_params
+    return MemoryReport(weights + biases + other, weights, biases, other, scales, ranges)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading
+# ---------------------------------------------------------------------------------------------
+
+# Everything a quantized model needs; RNG streams (if any) are rebuilt from a seed, as in
+# asc_jax.checkpoint.
+QUANT_STATE = (nnx.Param, nnx.BatchStat, QuantWeight, WeightScale, ActRange)
+
+
+def save_quantized(directory: str | Path, model: nnx.Module, spec: Mapping[str, Any], cfg: QuantConfig,
+                   **extra: Any) -> Path:
+    """Saves an int8 model in the layout of `checkpoint.save_model`.
+
+    Args:
+      directory: output folder (`weights/` + `model.json`).
+      model: the result of `quantize` / `convert_qat`.
+      spec: model.json of the float deploy model it came from ({"model", "mel", "class_names"...}).
+      cfg: the QuantConfig it was made with.
+      **extra: more JSON-able entries for model.json (evaluation results...).
+    Returns:
+      The absolute directory.
+    """
+    convs = conv_layers(model)
+    if not convs or not all(isinstance(c, Int8Conv) for c in convs.values()):
+        raise ValueError("save_quantized expects an int8 model (from quantize or convert_qat)")
+    if not spec.get("model", {}).get("deploy"):
+        raise ValueError("spec must describe the deploy model (model.json with model.deploy = true)")
+    directory = Path(directory).absolute()
+    payload = {**spec, **extra, "quantization": {"form": "int8", "config": dataclasses.asdict(cfg),
+                                                 "memory": memory_report(model).as_dict()}}
+    text = json.dumps(payload, indent=2)
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / "weights", nnx.to_pure_dict(nnx.state(model, QUANT_STATE)), force=True)
+    (directory / "model.json").write_text(text)
+    return directory
+
+
+def load_quantized(directory: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
+    """Rebuilds an int8 model saved by `save_quantized` (strict: any mismatch raises)."""
+    from asc_jax.models import MODELS
+
+    spec = read_spec(directory)
+    if "quantization" not in spec:
+        raise ValueError(f"{directory} holds a float model (no 'quantization' in model.json)")
+    m = spec["model"]
+    cfg = QuantConfig(**spec["quantization"]["config"])
+
+    def build() -> nnx.Module:
+        deploy = MODELS.get(m["name"])(rngs=nnx.Rngs(seed), deploy=True, **m["options"])
+        zeros = {name: jnp.zeros((2,)) for name in conv_layers(deploy)}
+        return quantize(deploy, zeros, cfg)
+
+    model = nnx.eval_shape(build)
+    weights = Path(directory).absolute() / "weights"
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing: {directory} holds no saved asc-jax model")
+    state = nnx.state(model, QUANT_STATE)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as ckptr:
+        check_tree_match(ckptr.metadata(weights).item_metadata.tree, target, what=f"restoring {weights}")
+        restored = ckptr.restore(weights, target)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    nnx.update(model, jax.jit(lambda: nnx.state(build(), nnx.Not(QUANT_STATE)))())
+    return model, spec
+
+
+def load_any(directory: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
+    """A saved float (`checkpoint.save_model`) or int8 (`save_quantized`) model, with its spec."""
+    if "quantization" in read_spec(directory):
+        return load_quantized(directory, seed=seed)
+    return load_model(directory, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+def _logit_fn(model: nnx.Module, mel: MelConfig) -> Callable[[np.ndarray], np.ndarray]:
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, audio: nnx.merge(graphdef, state)(log_mel(audio, mel), train=False)[0])
+    return lambda audio: np.asarray(forward(state, audio))
+
+
+def _source_logits(fns: Sequence[Callable], source: pipeline.ClipSource, batch_size: int) -> list[np.ndarray]:
+    outs: list[list[np.ndarray]] = [[] for _ in fns]
+    for batch in pipeline.eval_batches(source, batch_size, sr=source.sr):
+        for out, fn in zip(outs, fns):
+            out.append(fn(batch["audio"])[batch["mask"]])
+    return [np.concatenate(o) for o in outs]
+
+
+def calibration_mels(data_root: str | Path, split: str, mel: MelConfig, *, n: int = 256, seed: int = 0,
+                     batch_size: int = 64) -> np.ndarray:
+    """Log-mels of `n` clips drawn (seeded) from a split, for `calibrate`."""
+    clips = tau.load_split(data_root, split)
+    pick = np.sort(np.random.default_rng(seed).choice(len(clips), min(n, len(clips)), replace=False))
+    source = pipeline.ClipSource([clips[i] for i in pick], data_root, sr=mel.sample_rate, cache=False)
+    to_mel = jax.jit(lambda audio: log_mel(audio, mel))
+    mels = [np.asarray(to_mel(b["audio"]))[b["mask"]] for b in pipeline.eval_batches(source, batch_size, sr=mel.sample_rate)]
+    return np.concatenate(mels)
+
+
+def evaluate_quantized(model_dir: str | Path, data_root: str | Path, split: str = "test", *,
+                       calib_split: str = "100", n_calib: int = 256, cfg: QuantConfig = QuantConfig(),
+                       batch_size: int = 64, seed: int = 0, out: str | Path | None = None) -> dict[str, Any]:
+    """Quantizes a saved deploy model and measures accuracy before and after on a split.
+
+    Args:
+      model_dir: a saved float deploy model (e.g. <workdir>/deploy).
+      data_root: TAU-layout dataset root.
+      split: evaluation split ("test" or a training split name).
+      calib_split: split the calibration clips are drawn from (keep it disjoint from `split`).
+      n_calib: calibration clips.
+      cfg: quantization settings.
+      batch_size: clips per forward pass.
+      seed: calibration draw.
+      out: if set, the int8 model is saved there (`save_quantized`) with `quantization.json`.
+    Returns:
+      {"float", "int8": compute_metrics dicts, "top1_agreement", "max_abs_logit_diff",
+       "memory": MemoryReport.as_dict(), "config", "split", "calib_split", "n_calib"}.
+    """
+    model, spec = load_model(model_dir)
+    if not spec["model"].get("deploy"):
+        raise ValueError(f"{model_dir} is not a deploy model; quantize the fused <workdir>/deploy model")
+    mel = MelConfig(**spec["mel"])
+    class_names = spec.get("class_names", list(tau.CLASSES))
+    mels = calibration_mels(data_root, calib_split, mel, n=n_calib, seed=seed, batch_size=batch_size)
+    qmodel = post_training_quantize(model, mels, cfg, batch_size=batch_size)
+
+    clips = tau.load_split(data_root, split)
+    source = pipeline.ClipSource(clips, data_root, sr=mel.sample_rate, cache=False)
+    float_logits, int8_logits = _source_logits([_logit_fn(model, mel), _logit_fn(qmodel, mel)], source, batch_size)
+    labels, devices = np.array([c.label for c in clips]), [c.device for c in clips]
+    result = {
+        "split": str(split), "calib_split": str(calib_split), "n_calib": int(len(mels)),
+        "config": dataclasses.asdict(cfg),
+        "float": evaluate.compute_metrics(float_logits, labels, devices, class_names),
+        "int8": evaluate.compute_metrics(int8_logits, labels, devices, class_names),
+        "top1_agreement": float(np.mean(float_logits.argmax(-1) == int8_logits.argmax(-1))),
+        "max_abs_logit_diff": float(np.abs(float_logits - int8_logits).max()),
+        "memory": memory_report(qmodel).as_dict(),
+    }
+    if out is not None:
+        summary = {k: result[k] for k in ("split", "top1_agreement")} | {
+            f"{form}_{k}": result[form][k] for form in ("float", "int8") for k in ("accuracy", "macro_accuracy")}
+        save_quantized(out, qmodel, spec, cfg, quant_eval=summary)
+        (Path(out) / "quantization.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    """Text table of an `evaluate_quantized` result."""
+    mem = MemoryReport(**{f.name: result["memory"][f.name] for f in dataclasses.fields(MemoryReport)})
+    lines = [mem.table(), "",
+             f"split {result['split']} ({result['float']['n']} clips), calibrated on {result['n_calib']} "
+             f"clips of split {result['calib_split']}",
+             f"{'':8}{'accuracy':>10}{'macro':>10}"]
+    for form in ("float", "int8"):
+        lines.append(f"{form:8}{result[form]['accuracy']:>10.4f}{result[form]['macro_accuracy']:>10.4f}")
+    lines.append(f"top-1 agreement {result['top1_agreement']:.4f}, max |logit diff| {result['max_abs_logit_diff']:.4f}")
+    return "\n".join(lines)
+
+
+def _bits(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Int8 post-training quantization of a saved deploy model, "
+                                                 "with accuracy before/after and the DCASE memory report.")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="saved deploy model dir (<workdir>/deploy)")
+    parser.add_argument("--data-root", required=True, type=Path, help="TAU-layout dataset root")
+    parser.add_argument("--split", default="test", help="evaluation split (default: test)")
+    parser.add_argument("--calib-split", default="100", help="split the calibration clips come from (default: 100)")
+    parser.add_argument("--n-calib", type=int, default=256, help="calibration clips (default: 256)")
+    parser.add_argument("--weight-bits", type=int, default=8)
+    parser.add_argument("--act-bits", type=_bits, default=8, help="bits of conv inputs, or 'none' (weight-only)")
+    parser.add_argument("--calibration", choices=CALIBRATIONS, default="minmax")
+    parser.add_argument("--percentile", type=float, default=99.99)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None, help="save the int8 model and quantization.json here")
+    args = parser.parse_args(None if argv is None else list(argv))
+    cfg = QuantConfig(args.weight_bits, args.act_bits, args.calibration, args.percentile)
+    result = evaluate_quantized(args.checkpoint, args.data_root, args.split, calib_split=args.calib_split,
+                                n_calib=args.n_calib, cfg=cfg, batch_size=args.batch_size, out=args.out)
+    print(summary(result))
+    if args.out is not None:
+        print(f"int8 model saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""Export: StableHLO (waveform in, serialized and reloaded) and ONNX (run by onnxruntime), each
+compared with the JAX model on generated audio, for the float and the int8 deploy model."""
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from asc_jax import export as E
+from asc_jax import quantize as Q
+from asc_jax.checkpoint import save_model
+from asc_jax.data.tau import CLASSES
+from tests.test_quantize import MEL, TINY, mels_of, scene_audio, tiny_deploy
+
+
+@pytest.fixture(scope="module")
+def models():
+    model = tiny_deploy(1)
+    qmodel = Q.post_training_quantize(model, mels_of(scene_audio(16, 12)))
+    audio = scene_audio(3, 11)
+    return {"float": model, "int8": qmodel, "audio": audio, "mels": mels_of(audio)}
+
+
+def _jax_logits(model, x, frontend: bool) -> np.ndarray:
+    return np.asarray(jax.jit(E.inference_fn(model, MEL if frontend else None))(x))
+
+
+def test_stablehlo_round_trip_with_frontend(models, tmp_path):
+    """serialize -> bytes on disk -> deserialize -> call equals the JAX model. Tolerance 1e-5 of
+    the logit scale: the same XLA computation, recompiled (observed difference: 0)."""
+    audio = models["audio"]
+    for form in ("float", "int8"):
+        path = E.export_stablehlo(models[form], tmp_path / f"{form}.stablehlo", mel=MEL)
+        exported, meta = E.load_stablehlo(path)
+        ref = _jax_logits(models[form], audio, frontend=True)
+        assert np.abs(ref).max() > 1.0
+        np.testing.assert_allclose(np.asarray(exported.call(audio)), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+        assert (meta["input"]["name"], meta["input"]["shape"]) == ("waveform", ["batch", MEL.sample_rate])
+        assert meta["mel"] == dataclasses.asdict(MEL) and meta["class_names"] == list(CLASSES)
+    # The batch is symbolic: one clip works as well as three (int8 module).
+    np.testing.assert_allclose(np.asarray(exported.call(audio[:1])), ref[:1], rtol=0, atol=1e-5 * np.abs(ref).max())
+    # The int8 weights are int8 constants of the serialized module, not float copies.
+    assert "xi8>" in exported.mlir_module()
+    with pytest.raises(ValueError, match="not a serialized"):
+        (tmp_path / "junk.stablehlo").write_bytes(b"not a module")
+        E.load_stablehlo(tmp_path / "junk.stablehlo")
+
+
+def test_onnx_log_mel_input_dynamic_batch(models, tmp_path):
+    """onnxruntime vs XLA, float model, log-mel input. Tolerance 1e-4 of the logit scale: both
+    compute in float32 but sum convolutions in different orders (observed ~1e-7 relative)."""
+    path = E.export_onnx(models["float"], tmp_path / "float.onnx", mel=MEL)
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["mel_config"]) == dataclasses.asdict(MEL)
+    assert json.loads(props["class_names"]) == list(CLASSES)
+    assert E.onnx_metadata(path)["frontend_included"] is False
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    session = ort.InferenceSession(str(path))
+    ref = _jax_logits(models["float"], models["mels"], frontend=False)
+    for n in (3, 1):
+        out = session.run(None, {"log_mel": models["mels"][:n]})[0]
+        np.testing.assert_allclose(out, ref[:n], rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_onnx_int8_with_frontend(models, tmp_path):
+    """onnxruntime vs XLA, int8 model, waveform input (STFT in the graph, fixed batch).
+    Tolerance 1e-3 of the logit scale: besides summation order, a conv input that lands within
+    float rounding of a code boundary can round to the neighbouring int8 code in one runtime
+    and not the other, moving the logits by about one quantization step of that layer."""
+    audio = models["audio"]
+    path = E.export_onnx(models["int8"], tmp_path / "int8.onnx", mel=MEL, frontend=True, batch_size=len(audio))
+    proto = onnx.load(str(path))
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(int(np.prod(t.dims)) for t in int8_weights) == Q.memory_report(models["int8"]).weight_params
+    meta = E.onnx_metadata(path)
+    assert meta["input"]["shape"] == [len(audio), MEL.sample_rate] and meta["frontend_included"]
+    out = ort.InferenceSession(str(path)).run(None, {"waveform": audio})[0]
+    ref = _jax_logits(models["int8"], audio, frontend=True)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="batch_size"):
+        E.export_onnx(models["int8"], tmp_path / "x.onnx", mel=MEL, frontend=True, batch_size=0)
+
+
+def test_export_cli_on_saved_int8_model(models, tmp_path):
+    spec = {"model": {"name": "rep_mobile", "options": TINY, "deploy": True},
+            "mel": dataclasses.asdict(MEL), "class_names": list(CLASSES)}
+    Q.save_quantized(tmp_path / "int8", models["int8"], spec, Q.QuantConfig())
+    assert E.main(["--checkpoint", str(tmp_path / "int8"), "--out", str(tmp_path / "out"), "--format", "stablehlo"]) == 0
+    meta = json.loads((tmp_path / "out" / "model.stablehlo.json").read_text())
+    assert meta["quantization"] == dataclasses.asdict(Q.QuantConfig()) and meta["model"]["options"] == TINY
+    save_model(tmp_path / "float", models["float"], name="rep_mobile", options=TINY, deploy=True,
+               mel=dataclasses.asdict(MEL), class_names=list(CLASSES))
+    exported, meta = E.load_stablehlo(E.export_saved(tmp_path / "float", tmp_path / "out2", formats=["stablehlo"])[0])
+    assert meta["quantization"] is None and "xi8>" not in exported.mlir_module()

@@ -1,0 +1,127 @@
+"""Prediction CLI: windows, resampling, bad files in a batch, DCASE output.csv, and equality of
+its probabilities with a direct model call."""
+import csv
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asc_jax import predict as P
+from asc_jax import quantize as Q
+from asc_jax.checkpoint import load_model, save_model
+from asc_jax.data import tau
+from asc_jax.data.tau import CLASSES
+from tests.test_quantize import MEL, TINY, logits_fn, mels_of, scene_audio, tiny_deploy
+
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    model = tiny_deploy(2)
+    save_model(root / "deploy", model, name="rep_mobile", options=TINY, deploy=True,
+               mel=dataclasses.asdict(MEL), class_names=list(CLASSES))
+    # Inputs at several sample rates, lengths, channel counts and formats, plus bad ones.
+    inputs = root / "in"
+    (inputs / "sub" / "deeper").mkdir(parents=True)
+    sf.write(inputs / "a.wav", scene_audio(1, 1)[0], 16_000)  # exactly one window
+    sf.write(inputs / "b.flac", np.stack([scene_audio(1, 2, 44_100, 2.3)[0]] * 2, axis=1), 44_100)  # 2 + 0.3 s
+    sf.write(inputs / "sub" / "c.ogg", scene_audio(1, 3, 22_050, 1.7)[0], 22_050)  # 1 + 0.7 s
+    sf.write(inputs / "sub" / "deeper" / "d.wav", scene_audio(1, 4, 8_000, 0.4)[0], 8_000)  # shorter than 1 s
+    (inputs / "sub" / "notes.txt").write_text("not audio")
+    (inputs / "corrupt.wav").write_bytes(b"RIFF\x00\x01\x00\x00WAVEfmt garbage" * 8)
+    sf.write(inputs / "empty.wav", np.zeros(0, np.float32), 16_000)
+    return {"dir": root / "deploy", "model": model, "inputs": inputs}
+
+
+def test_split_windows_pads_or_drops_the_tail():
+    wave = np.arange(1, 2301, dtype=np.float32)
+    w = P.split_windows(wave, 1000)  # tail of 300 < 0.5 window: dropped
+    assert w.shape == (2, 1000) and w[1, -1] == 2000
+    w = P.split_windows(wave[:1700], 1000)  # tail of 700: kept, zero-padded
+    assert w.shape == (2, 1000) and w[1, 699] == 1700 and not w[1, 700:].any()
+    w = P.split_windows(wave[:400], 1000)  # a short file is always one padded window
+    assert w.shape == (1, 1000) and w[0, 399] == 400 and not w[0, 400:].any()
+    assert P.split_windows(wave[:1000], 1000).shape == (1, 1000)
+    assert P.split_windows(wave[:1100], 1000, min_last=0.1).shape == (2, 1000)
+    with pytest.raises(ValueError, match="non-empty"):
+        P.split_windows(np.zeros(0, np.float32), 1000)
+
+
+def _direct_probs(model, path) -> tuple[np.ndarray, int]:
+    """What predict should compute, written out: resample, cut, pad, softmax, mean."""
+    wave = tau.load_audio(path, MEL.sample_rate, expected_sr=None)
+    n = MEL.sample_rate
+    full, rest = divmod(len(wave), n)
+    windows = [wave[i * n:(i + 1) * n] for i in range(full)]
+    if rest and (full == 0 or rest >= 0.5 * n):
+        windows.append(np.pad(wave[full * n:], (0, n - rest)))
+    logits = logits_fn(model)(mels_of(np.stack(windows)))
+    return np.asarray(jax.nn.softmax(logits, -1)).mean(0), len(windows)
+
+
+def test_cli_batch_with_bad_files(saved, tmp_path, capsys):
+    inputs = saved["inputs"]
+    out = tmp_path / "res" / "output.csv"
+    args = [str(inputs / "a.wav"), str(inputs / "sub"), str(inputs / "corrupt.wav"), str(inputs / "b.flac"),
+            str(inputs / "empty.wav"), str(inputs / "missing.wav"), str(inputs / "sub" / "c.ogg")]
+    code = P.main([*args, "--checkpoint", str(saved["dir"]), "--output", str(out), "--batch-size", str(BATCH)])
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = captured.err.splitlines()
+    assert f"error: {inputs / 'corrupt.wav'}: unreadable or corrupt audio" in captured.err
+    assert f"error: {inputs / 'empty.wav'}: empty audio (0 samples)" in errors
+    assert f"error: {inputs / 'missing.wav'}: no such file or directory" in errors
+    assert "3 input(s) failed" in captured.err
+    # Good files, in input order; c.ogg comes once (via the directory); notes.txt is ignored.
+    names = [str(inputs / "a.wav"), "sub/c.ogg", "sub/deeper/d.wav", str(inputs / "b.flac")]
+    with out.open() as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["filename", "scene_label", *CLASSES]
+    assert [r[0] for r in rows[1:]] == names
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert [r[1] for r in rows[1:]] == [CLASSES[i] for i in probs.argmax(1)]
+    for name in names:
+        assert name in captured.out  # the printed table
+
+    # Equality with a direct model call (1e-5: the CLI runs the windows in batches of another
+    # size, which may change XLA's float summation order) and with the CSV (6 decimals).
+    pred = P.predict_files(saved["dir"], args, batch_size=BATCH)
+    assert pred.filenames == names and pred.n_windows == [1, 2, 1, 2]
+    np.testing.assert_allclose(probs, pred.probs, atol=5e-7 + 1e-7)
+    paths = [inputs / "a.wav", inputs / "sub" / "c.ogg", inputs / "sub" / "deeper" / "d.wav", inputs / "b.flac"]
+    model, _ = load_model(saved["dir"])
+    for path, p, n in zip(paths, pred.probs, pred.n_windows):
+        expected, n_expected = _direct_probs(model, path)
+        assert n == n_expected
+        np.testing.assert_allclose(p, expected, rtol=0, atol=1e-5)
+    assert np.ptp(pred.probs, axis=0).max() > 1e-3  # the files are told apart, not a constant output
+
+
+def test_cli_int8_checkpoint_all_good_exits_zero(saved, tmp_path, capsys):
+    spec = {"model": {"name": "rep_mobile", "options": TINY, "deploy": True},
+            "mel": dataclasses.asdict(MEL), "class_names": list(CLASSES)}
+    qmodel = Q.post_training_quantize(saved["model"], mels_of(scene_audio(8, 5)))
+    Q.save_quantized(tmp_path / "int8", qmodel, spec, Q.QuantConfig())
+    out = tmp_path / "output.csv"
+    wav = saved["inputs"] / "a.wav"
+    assert P.main([str(wav), "--checkpoint", str(tmp_path / "int8"), "--output", str(out),
+                   "--batch-size", str(BATCH)]) == 0
+    assert capsys.readouterr().err == ""
+    row = out.read_text().splitlines()[1].split("\t")
+    expected, _ = _direct_probs(qmodel, wav)
+    np.testing.assert_allclose([float(v) for v in row[2:]], expected, atol=1e-5)
+
+
+def test_cli_without_any_readable_input_writes_nothing(saved, tmp_path, capsys):
+    out = tmp_path / "output.csv"
+    assert P.main([str(saved["inputs"] / "empty.wav"), "--checkpoint", str(saved["dir"]),
+                   "--output", str(out)]) == 1
+    assert "no output written" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        P.main([str(saved["inputs"] / "a.wav"), "--checkpoint", str(saved["dir"]), "--batch-size", "0"])
+    assert exit_info.value.code == 2
