@@ -1,6 +1,7 @@
 """The experiment runner: plans of every table, aggregation against hand-computed numbers,
 resumability and skipping, and one table run end to end in smoke mode."""
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -13,9 +14,18 @@ import pytest
 from asc_jax.config import to_dict
 from asc_jax.experiments import TABLES, check, collect, execute, format_cell, main, mean_std, plan
 from asc_jax.experiments.runner import load_run_config
-from asc_jax.experiments.tables import PAPER_SPLITS, Row, Table
+from asc_jax.data import synthetic
+from asc_jax.experiments.tables import PAPER_SPLITS, SMOKE_DATASET, Row, Table
 
 STATES = ("train", "resume", "cached", "skipped", "failed")
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """The tiny synthetic set smoke runs generate (120 training clips, 90 test clips)."""
+    root = tmp_path_factory.mktemp("smoke") / "tau"
+    synthetic.ensure_dataset(root, **SMOKE_DATASET)
+    return root
 
 
 def _dry_run_lines(capsys, argv):
@@ -179,8 +189,8 @@ def test_unsupported_rows_are_skipped_with_the_reason(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_table_ii_end_to_end_and_rerun_is_cached(tmp_path, capsys):
-    argv = ["II", "--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "runs"), "--smoke"]
+def test_smoke_table_ii_end_to_end_and_rerun_is_cached(smoke_data, tmp_path, capsys):
+    argv = ["II", "--data", str(smoke_data), "--workdir", str(tmp_path / "runs"), "--smoke"]
     assert main(argv) == 0
     table = TABLES.get("II")
     for row in table.rows:
@@ -204,3 +214,67 @@ def test_smoke_table_ii_end_to_end_and_rerun_is_cached(tmp_path, capsys):
     assert f"Table II: {len(table.rows)} cached" in out
     assert elapsed < 30, f"a rerun of a finished table took {elapsed:.1f} s"
     assert (tmp_path / "runs" / "II" / "results.md").read_text().splitlines() == md
+
+
+def test_stale_config_detection(tmp_path):
+    from asc_jax.config import load_config, override
+    from asc_jax.experiments.runner import stale_config
+    config = load_config("configs/demo.py")
+    stored = to_dict(config)
+    del stored["optim"]["b2"]  # a field added to OptimConfig after the run: not a difference
+    (tmp_path / "config.json").write_text(json.dumps({**stored, "max_steps": 7}))
+    assert stale_config(tmp_path, config) == []
+    assert stale_config(tmp_path, override(config, "model.options.base_channels=64")) == ["model.options"]
+    assert stale_config(tmp_path, override(config, "optim.b2=0.99")) == ["optim.b2"]  # not the default
+    assert stale_config(tmp_path, override(config, "optim.b1=0.8")) == ["optim.b1"]
+    assert stale_config(tmp_path, override(config, "seed=5")) == ["seed"]
+    # A whole section added after the run: its default (here None) is what the run had.
+    del stored["prune"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert stale_config(tmp_path, config) == []
+    from asc_jax.prune import PruneConfig
+    stale = stale_config(tmp_path, dataclasses.replace(config, prune=PruneConfig(sparsity=0.5)))
+    assert stale and all(k.startswith("prune.") for k in stale), stale
+
+
+@pytest.mark.slow
+def test_kd_table_builds_its_store_from_finished_teachers(smoke_data, tmp_path, monkeypatch):
+    from flax import nnx
+
+    from asc_jax.audio.features import MelConfig
+    from asc_jax.checkpoint import save_model
+    from asc_jax.data.tau import CLASSES
+    from asc_jax.experiments import prepare
+    from asc_jax.experiments.runner import Grid
+    from asc_jax.models import build_model
+
+    teachers = Table("T3", "teachers", rows=(
+        Row("small", "small CNN", "configs/rep_mobile_tau.py"),
+        Row("gone", "unregistered", "configs/rep_mobile_tau.py:model=no_such_model")))
+    monkeypatch.setitem(TABLES._items, "T3", teachers)
+    monkeypatch.setattr(prepare, "TEACHER_TABLE", "T3")
+    grid = Grid(str(smoke_data), tmp_path, seeds=(0,), smoke=True)
+    kd = TABLES.get("IV")
+
+    (message,) = prepare.teacher_stores(kd, grid)
+    assert "1 unfinished run(s)" in message  # the registered teacher has not run yet
+    assert not (tmp_path / "IV" / "stores").exists()
+
+    teacher_run = grid.plan(teachers)[0]
+    options = {"base_channels": 8, "n_blocks": (1, 1, 1), "strides": (("b2", (2, 2)),)}
+    save_model(teacher_run.workdir / "model", build_model("rep_mobile", rngs=nnx.Rngs(0), **options),
+               name="rep_mobile", options=options, mel=dataclasses.asdict(MelConfig()),
+               class_names=list(CLASSES))
+    (teacher_run.workdir / "summary.json").write_text(json.dumps({"finished": True}))
+
+    assert prepare.teacher_stores(kd, grid, dry_run=True) == [
+        f"split 100: would build {tmp_path / 'IV' / 'stores' / 'split100'} from 1 teacher(s)"]
+    (message,) = prepare.teacher_stores(kd, grid)
+    assert message.endswith("from rep_mobile-small.s0"), message
+    states = {run.row.key: check(run)[0] for run in grid.plan(kd)}
+    assert {k: o.state for k, o in states.items()} == {
+        "none": "planned", "cnn": "planned", "transformer": "skipped", "all": "planned"}
+    assert "'transformer' matches none of ['rep_mobile-small.s0']" in states["transformer"].reason
+    config = load_run_config(grid.plan(kd)[1])
+    assert config.kd.store == str(tmp_path / "IV" / "stores" / "split100") and config.kd.teachers == "cnn"
+    assert prepare.teacher_stores(kd, grid)[0].endswith("exists")

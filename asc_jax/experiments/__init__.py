@@ -9,6 +9,7 @@ Tables are registered in `asc_jax.experiments.tables.TABLES`; results land in
 """
 from asc_jax.experiments.cli import main  # noqa: F401
 from asc_jax.experiments.report import TableResults, collect, format_cell, mean_std  # noqa: F401
-from asc_jax.experiments.runner import (REQUIREMENTS, Outcome, Run, check, execute, plan,  # noqa: F401
-                                        read_summary)
+from asc_jax.experiments.prepare import PREPARERS  # noqa: F401
+from asc_jax.experiments.runner import (REQUIREMENTS, Grid, Outcome, Run, check, execute,  # noqa: F401
+                                        plan, read_summary)
 from asc_jax.experiments.tables import TABLES, Row, Table  # noqa: F401

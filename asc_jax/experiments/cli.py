@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from asc_jax.experiments.report import collect
-from asc_jax.experiments.runner import Outcome, check, execute, plan
+from asc_jax.experiments.prepare import PREPARERS
+from asc_jax.experiments.runner import Grid, Outcome, check, execute
 from asc_jax.experiments.tables import DEFAULT_SEEDS, PAPER_SPLITS, TABLES, Table
 
 DEFAULT_WORKDIR = "runs/experiments"
@@ -31,20 +32,22 @@ def _roman(n: int) -> str:
 
 
 def resolve_tables(name: str) -> list[Table]:
-    """"II", "ii", "2" -> [Table II]; "all" -> every table in registration order."""
+    """"II", "ii", "2" -> [Table II]; "all" -> every table in numeric order."""
     if name.lower() == "all":
-        return [TABLES.get(n) for n in _registration_order()]
+        return [TABLES.get(n) for n in table_names()]
     key = _roman(int(name)) if name.isdigit() else name.upper()
     return [TABLES.get(key)]
 
 
-def _registration_order() -> list[str]:
-    """Table names in numeric order (I, II, ..., IX, X; plain sorting would put IX before V)."""
-    return sorted(TABLES.names(), key=_roman_value)
+def table_names() -> list[str]:
+    """Registered tables, roman numerals in numeric order (plain sorting puts IX before V)."""
+    return sorted(TABLES.names(), key=lambda n: (_roman_value(n) is None, _roman_value(n) or 0, n))
 
 
-def _roman_value(name: str) -> int:
-    value = {s: v for s, v in _ROMAN if len(s) == 1}
+def _roman_value(name: str) -> int | None:
+    value = dict(s for s in _ROMAN if len(s[0]) == 1)
+    if not name or any(c not in value for c in name):
+        return None
     digits = [value[c] for c in name]
     return sum(-d if d < nxt else d for d, nxt in zip(digits, digits[1:] + [0]))
 
@@ -64,7 +67,7 @@ def _split_list(text: str) -> tuple[str, ...]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m asc_jax.experiments",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", help=f"table to run: {', '.join(_registration_order())}, 1-5 or 'all'")
+    parser.add_argument("table", help=f"table to run: {', '.join(table_names())}, 1-5 or 'all'")
     parser.add_argument("--data", required=True,
                         help="dataset root (TAU layout); with --smoke the tiny synthetic set is generated here")
     parser.add_argument("--workdir", default=None,
@@ -77,6 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every run (applied last), e.g. optim.epochs=10")
+    parser.add_argument("--extra-teachers", default="", metavar="DIR",
+                        help="KD teachers besides table III's, per split: DIR/split<N>/<saved model dir> "
+                             "(e.g. converted PaSST checkpoints fine-tuned on that split)")
     args = parser.parse_args(argv)
     if not args.seeds:
         parser.error("--seeds is empty")
@@ -110,15 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit status (1 if a run failed)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    grid = Grid(args.data, args.workdir, args.seeds, args.splits, args.smoke, tuple(args.set),
+                args.extra_teachers)
     status = 0
     for table in args.tables:
-        runs = plan(table, data=args.data, workdir=args.workdir, seeds=args.seeds, splits=args.splits,
-                    smoke=args.smoke, extra=args.set)
+        runs = grid.plan(table)
+        for step in table.prepare:
+            for message in PREPARERS.get(step)(table, grid, args.dry_run):
+                print(f"# Table {table.name}: {step}: {message}")
         if args.dry_run:
             print(f"# Table {table.name}: {len(runs)} runs")
             print(f"# Table {table.name}: {_counts(dry_run(runs))}")
             continue
-        out_dir = args.workdir / table.name
+        out_dir = grid.table_dir(table)
 
         def refresh(outcomes, table=table, runs=runs, out_dir=out_dir):
             collect(table, runs, outcomes).write(out_dir)

@@ -23,7 +23,7 @@ from flax import nnx
 
 from asc_jax.config import Config, load_config, override, to_dict
 from asc_jax.experiments.tables import (
-    SMOKE_MODEL_OPTIONS, SMOKE_OVERRIDES, SMOKE_SPLIT, Row, Table)
+    DEFAULT_SEEDS, PAPER_SPLITS, SMOKE_MODEL_OPTIONS, SMOKE_OVERRIDES, SMOKE_SPLIT, Row, Table)
 from asc_jax.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -55,34 +55,50 @@ class Run:
         return shlex.join(args)
 
 
-def plan(table: Table, *, data: str | Path, workdir: str | Path, seeds: Sequence[int],
-         splits: Sequence[str], smoke: bool = False, extra: Sequence[str] = ()) -> list[Run]:
-    """The runs of `table`, row-major (row, split, seed), without touching any workdir.
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Where and how a table's runs are planned (the CLI arguments)."""
 
-    Args:
-      table: the table definition.
-      data: dataset root, passed as `data.root` (in smoke mode the tiny set is generated there).
-      workdir: experiments root; run directories are `<workdir>/<table>/<row>/split<N>/seed<S>`.
-      seeds: seeds of every cell (smoke mode keeps the first).
-      splits: splits for tables that span splits (fixed-split tables ignore it; smoke mode runs
-        split 100 only).
-      smoke: tiny budgets on the embedded synthetic dataset (see `asc_jax.experiments.tables`).
-      extra: `dotted.path=value` overrides applied last, to every run.
-    """
-    splits = tuple(str(s) for s in (table.splits or splits))
-    seeds = tuple(seeds)
-    if smoke:
-        splits, seeds = (SMOKE_SPLIT,), seeds[:1]
-    runs = []
-    for row in table.rows:
-        spec = (row.smoke_spec or row.spec) if smoke else row.spec
-        row_overrides = row.overrides + (_smoke_overrides(table, spec) if smoke else ())
-        for split in splits:
-            for seed in seeds:
-                overrides = row_overrides + (f"data.root={data}", f"seed={seed}") + tuple(extra)
-                runs.append(Run(table.name, row, split, seed, _with_split(spec, split), overrides,
-                                Path(workdir) / table.name / row.key / f"split{split}" / f"seed{seed}"))
-    return runs
+    data: str  # Dataset root, passed as `data.root` (smoke mode generates the tiny set there).
+    workdir: Path  # Experiments root: runs go to <workdir>/<table>/<row>/split<N>/seed<S>.
+    seeds: tuple[int, ...] = DEFAULT_SEEDS  # Seeds of every cell (smoke mode keeps the first).
+    splits: tuple[str, ...] = PAPER_SPLITS  # For tables over splits (smoke mode: split 100 only).
+    smoke: bool = False  # Tiny budgets on the synthetic set (asc_jax.experiments.tables).
+    extra: tuple[str, ...] = ()  # `dotted.path=value` overrides applied last, to every run.
+    extra_teachers: str = ""  # Directory of extra KD teachers per split: <dir>/split<N>/<model dirs>.
+
+    def table_dir(self, table: Table | str) -> Path:
+        return Path(self.workdir) / (table if isinstance(table, str) else table.name)
+
+    def plan(self, table: Table) -> list[Run]:
+        """The runs of `table`, row-major (row, split, seed), without touching any workdir."""
+        splits = tuple(str(s) for s in (table.splits or self.splits))
+        seeds = tuple(self.seeds)
+        if self.smoke:
+            splits, seeds = (SMOKE_SPLIT,), seeds[:1]
+        runs = []
+        for row in table.rows:
+            for split in splits:
+                spec = self._fill(table, split, (row.smoke_spec or row.spec) if self.smoke else row.spec)
+                overrides = tuple(self._fill(table, split, o) for o in row.overrides)
+                if self.smoke:
+                    overrides += _smoke_overrides(table, spec)
+                for seed in seeds:
+                    runs.append(Run(table.name, row, split, seed, _with_split(spec, split),
+                                    overrides + (f"data.root={self.data}", f"seed={seed}") + self.extra,
+                                    self.table_dir(table) / row.key / f"split{split}" / f"seed{seed}"))
+        return runs
+
+    def _fill(self, table: Table, split: str, text: str) -> str:
+        """Row specs and overrides may name per-split paths (e.g. the KD teacher store)."""
+        return text.replace("{table_dir}", str(self.table_dir(table))).replace("{split}", split)
+
+
+def plan(table: Table, *, data: str | Path, workdir: str | Path, seeds: Sequence[int] = DEFAULT_SEEDS,
+         splits: Sequence[str] = PAPER_SPLITS, smoke: bool = False, extra: Sequence[str] = ()) -> list[Run]:
+    """`Grid(...).plan(table)`: the runs of `table` (see `Grid`)."""
+    return Grid(str(data), Path(workdir), tuple(seeds), tuple(str(s) for s in splits), smoke,
+                tuple(extra)).plan(table)
 
 
 def _with_split(spec: str, split: str) -> str:
@@ -91,7 +107,7 @@ def _with_split(spec: str, split: str) -> str:
 
 
 def _smoke_overrides(table: Table, spec: str) -> tuple[str, ...]:
-    overrides = SMOKE_OVERRIDES + table.smoke_overrides
+    overrides = SMOKE_OVERRIDES
     if table.smoke_model_options:
         model = _model_name(spec)
         overrides += tuple(f"model.options.{k}={v!r}" for k, v in SMOKE_MODEL_OPTIONS.get(model, {}).items())
@@ -101,10 +117,10 @@ def _smoke_overrides(table: Table, spec: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=None)
 def _model_name(spec: str) -> str | None:
     """The model a config builds, or None if the config cannot be loaded (the run then fails
-    with the loading error, which `resolve` reports)."""
+    with the loading error, which `check` reports)."""
     try:
         return load_config(_resolve_path(spec)).model.name
-    except Exception:  # noqa: BLE001 - reported by resolve()
+    except Exception:  # noqa: BLE001 - reported by check()
         return None
 
 
@@ -167,6 +183,20 @@ def _passt_frontend(config: Config) -> str | None:
     return None
 
 
+@REQUIREMENTS.register("kd_store")
+def _kd_store(config: Config) -> str | None:
+    if not config.kd.store:
+        return None  # no distillation
+    from asc_jax import distill
+    try:
+        store = distill.read_store(config.kd.store, check_finite=False)
+        distill.resolve_teachers(config.kd.teachers, store.teacher_names)
+    except (OSError, ValueError) as e:  # StoreError is a ValueError
+        return (f"teacher store: {e} (table IV builds stores from table III's finished teachers; "
+                "PaSST teachers are converted weights, given with --extra-teachers)")
+    return None
+
+
 def unmet_requirement(row: Row, config: Config) -> str | None:
     """The first unmet requirement's reason, or None."""
     for name in row.requires + ALWAYS:  # the row's own first: its reason is the specific one
@@ -192,14 +222,53 @@ def read_summary(workdir: Path) -> dict[str, Any] | None:
 
 
 def stale_config(workdir: Path, config: Config) -> list[str]:
-    """Top-level config fields where the run stored in `workdir` differs from `config`."""
+    """Dotted config fields where the run stored in `workdir` differs from `config`.
+
+    A field that the stored config lacks was added to the config classes after the run; it is a
+    difference only if `config` sets it away from its default (the default keeps the old
+    behaviour, so a finished grid survives code growth). Free-form mappings (model.options,
+    data.synthetic) are compared whole.
+    """
     path = Path(workdir) / "config.json"
     if not path.is_file():
         return []
     stored = json.loads(path.read_text())
-    current = json.loads(json.dumps(to_dict(config)))
-    return sorted(k for k in set(stored) | set(current)
-                  if k not in _RESUMABLE_FIELDS and stored.get(k) != current.get(k))
+    stale = []
+    for keys, value, defaults in _leaves(config):
+        if keys[0] in _RESUMABLE_FIELDS:
+            continue
+        node = stored
+        for key, default in zip(keys, defaults):
+            if not isinstance(node, dict):
+                break  # the stored run has a value (e.g. prune=None) where `config` has fields
+            node = node.get(key, default)
+        if node is _ABSENT or node != value:
+            stale.append(".".join(keys))
+    return stale
+
+
+_ABSENT = object()  # default of a field without one
+
+
+def _leaves(config: Any, keys: tuple[str, ...] = (), defaults: tuple[Any, ...] = ()
+            ) -> Iterable[tuple[tuple[str, ...], Any, tuple[Any, ...]]]:
+    """(field path, JSON value, JSON default of each field on the path) of every non-dataclass
+    field of a config."""
+    if not dataclasses.is_dataclass(config):
+        yield keys, _json(config), defaults
+        return
+    for field in dataclasses.fields(config):
+        if field.default is not dataclasses.MISSING:
+            default = _json(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            default = _json(field.default_factory())
+        else:
+            default = _ABSENT
+        yield from _leaves(getattr(config, field.name), keys + (field.name,), defaults + (default,))
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(to_dict(value)))
 
 
 def train(config: Config, workdir: Path) -> dict[str, Any]:
@@ -225,14 +294,14 @@ def check(run: Run) -> tuple[Outcome, Config | None]:
         config = load_run_config(run)
     except Exception as e:  # noqa: BLE001 - any config error fails this run, not the grid
         return Outcome(run, "failed", f"config: {type(e).__name__}: {e}"), None
-    stale = stale_config(run.workdir, config)
+    try:
+        stale = stale_config(run.workdir, config)
+        finished = read_summary(run.workdir) is not None
+    except ValueError as e:  # unreadable config.json / summary.json
+        return Outcome(run, "failed", f"{run.workdir}: {e}"), None
     if stale:
         return Outcome(run, "failed", f"{run.workdir} holds a run with a different config "
                                       f"(fields {stale}); delete it or restore the old config"), None
-    try:
-        finished = read_summary(run.workdir) is not None
-    except ValueError as e:
-        return Outcome(run, "failed", str(e)), None
     if finished:
         return Outcome(run, "cached"), None
     reason = unmet_requirement(run.row, config)
@@ -272,7 +341,8 @@ def execute(runs: Iterable[Run], *, train_fn: Callable[[Config, Path], dict] = t
                 (run.workdir / ERROR).unlink(missing_ok=True)
                 state = "trained" if summary.get("finished") else "unfinished"
                 outcome = Outcome(run, state, "", time.perf_counter() - start)
-        log.info("%s: %s%s", label, outcome.state, f" ({outcome.reason})" if outcome.reason else "")
+        took = f" after {outcome.seconds:.0f} s" if config is not None else ""
+        log.info("%s: %s%s%s", label, outcome.state, took, f" ({outcome.reason})" if outcome.reason else "")
         outcomes.append(outcome)
         if after_each is not None:
             after_each(outcomes)

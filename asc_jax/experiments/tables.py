@@ -1,14 +1,14 @@
 """The paper's experiment grids as data: a registry of tables, each a list of rows.
 
 A row is a system of the table: a display label, a config spec (what `train.py --config` takes,
-without the split, which the runner appends as `split=N`) and `--set` overrides. The runner
-crosses rows with splits and seeds; nothing here runs anything.
+without the split, which the runner appends as `split=N`) and `--set` overrides; both may contain
+`{split}` and `{table_dir}` (`<workdir>/<table>`), filled in per run. The runner crosses rows
+with splits and seeds; nothing here runs anything.
 
 Smoke mode (`--smoke`) swaps in tiny budgets so the whole grid runs on the embedded synthetic set
-in CI: `SMOKE_OVERRIDES` for every run, the table's `smoke_overrides`, minimal model widths from
-`SMOKE_MODEL_OPTIONS` where the table asks for them (by the model the row's config builds), and a
-row's `smoke_spec` where the paper config needs other variant arguments (pruning: finetuning
-epochs per round) or a demo config replaces it.
+in CI: `SMOKE_OVERRIDES` for every run, minimal model widths from `SMOKE_MODEL_OPTIONS` where the
+table allows them (looked up by the model the row's config builds), and a row's `smoke_spec`
+where budgets are variant arguments of its config (pruning: epochs per finetuning round).
 """
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ class Table:
     rows: tuple[Row, ...]
     splits: tuple[str, ...] | None = None  # Fixed splits; None = the CLI's --splits.
     complexity: bool = True  # Params/MACs columns (where rows differ in size).
-    smoke_overrides: tuple[str, ...] = ()  # Added to SMOKE_OVERRIDES in smoke mode.
     smoke_model_options: bool = True  # Apply SMOKE_MODEL_OPTIONS in smoke mode.
+    prepare: tuple[str, ...] = ()  # Steps before the runs (asc_jax.experiments.prepare.PREPARERS).
 
     def __post_init__(self):
         keys = [r.key for r in self.rows]
@@ -140,12 +140,14 @@ register(Table(
     name="IV",
     title="Table IV: knowledge distillation into Rep-Mobile",
     complexity=False,  # one student size throughout
-    smoke_model_options=False,  # the demo config sizes its own student and teachers
+    # Per split, the teacher-logit store comes from table III's finished teachers at that split.
+    prepare=("teacher_stores",),
     rows=tuple(
-        Row(teachers, label, f"configs/kd_tau.py:teachers={teachers}",
-            smoke_spec=f"configs/kd_demo.py:teachers={teachers}")
+        Row(teachers, label, f"configs/kd_tau.py:teachers={teachers},store={{table_dir}}/stores/split{{split}}",
+            requires=("kd_store",))
         for teachers, label in (("none", "no KD"), ("cnn", "KD: CNN teachers"),
-                                ("transformer", "KD: transformer teachers"), ("all", "KD: all teachers"))),
+                                ("transformer", "KD: transformer teachers (PaSST)"),
+                                ("all", "KD: all teachers"))),
 ))
 
 register(Table(
