@@ -50,8 +50,14 @@ def _run_worker(*args: str, n_devices: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _result(proc: subprocess.Popen, timeout: float = 240) -> dict:
-    out, err = proc.communicate(timeout=timeout)
+def _result(proc: subprocess.Popen, timeout: float = 600) -> dict:
+    # Generous: ~40 s on an idle 2-core machine, several times that on a loaded one.
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     assert proc.returncode == 0, f"worker failed (rc {proc.returncode}):\n{err[-4000:]}"
     return json.loads(out.strip().splitlines()[-1])
 
@@ -69,6 +75,8 @@ def test_mesh_and_shardings_on_one_device():
     np.testing.assert_array_equal(np.asarray(put["audio"]), batch["audio"])
     assert put["aug"]["roll"]["shift"].sharding.spec == jax.sharding.PartitionSpec(parallel.DATA_AXIS)
     assert parallel.put_eval_batch(batch, mesh)["audio"].sharding == put["audio"].sharding
+    with pytest.raises(ValueError, match=r"\['aug'\]\['step'\]"):
+        parallel.put_batch({"aug": {"step": np.float32(1.0)}}, mesh)
     state = parallel.put_state({"w": np.ones(3, np.float32), "key": jax.random.key(3)}, mesh)
     assert state["w"].sharding.is_fully_replicated
     np.testing.assert_array_equal(jax.random.key_data(state["key"]), jax.random.key_data(jax.random.key(3)))
@@ -136,7 +144,17 @@ def _per_device_bn_losses(graphdef, state, mel, audio, labels, n_devices):
 def _worker_data_parallel() -> dict:
     assert jax.device_count() == N_DEVICES, jax.devices()
     graphdef, init_state, _, mel, batches = _tiny_training()
-    out = {"bn_control": _per_device_bn_losses(graphdef, init_state, mel, batches[0]["audio"],
+    try:
+        parallel.put_batch({"audio": batches[0]["audio"][:12]}, parallel.setup(N_DEVICES))
+        uneven_error = ""
+    except ValueError as e:
+        uneven_error = str(e)
+    try:
+        parallel.per_process_batch_size(12, parallel.setup(N_DEVICES))
+        uneven_batch_error = ""
+    except ValueError as e:
+        uneven_batch_error = str(e)
+    out = {"uneven_error": uneven_error, "uneven_batch_error": uneven_batch_error, "bn_control": _per_device_bn_losses(graphdef, init_state, mel, batches[0]["audio"],
                                                batches[0]["label"], N_DEVICES)}
     for n in (1, N_DEVICES):
         # Fresh (identically seeded) state and step per mesh: each must compile exactly once.
@@ -162,9 +180,13 @@ def _worker_data_parallel() -> dict:
     return out
 
 
+@pytest.mark.slow  # ~35 s of CPU: three XLA compiles (1 device, 8 devices, the control)
 def test_eight_devices_train_like_one_device():
     res = _result(_run_worker("dp", n_devices=N_DEVICES))
     one, eight = res["1"], res[str(N_DEVICES)]
+    # 12 rows cannot be split over 8 devices: a clear error naming the field, not a crash.
+    assert "['audio']" in res["uneven_error"] and "8 devices" in res["uneven_error"]
+    assert "multiple of 8" in res["uneven_batch_error"]
     # Really sharded: 2 rows per device, state replicated on all 8.
     assert one["shard_rows"] == [GLOBAL_BATCH] and eight["shard_rows"] == [GLOBAL_BATCH // N_DEVICES]
     assert eight["param_replicated"] and eight["param_devices"] == N_DEVICES
@@ -211,7 +233,13 @@ def _free_port() -> int:
 def test_two_processes_assemble_one_global_batch():
     port = str(_free_port())
     procs = [_run_worker("multihost", str(p), port, n_devices=2) for p in range(2)]
-    results = [_result(p, timeout=120) for p in procs]
+    try:
+        results = [_result(p, timeout=300) for p in procs]
+    finally:
+        for p in procs:  # a failed peer would leave the other waiting for the coordinator
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     for res in results:
         assert res["initialized"] and res["devices"] == 4 and res["local_rows"] == 4
         assert res["global_shape"] == [8, 3]
