@@ -181,7 +181,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             progress.update(1)
             epoch_end = step % steps_per_epoch == 0
             if step % config.log_every_steps == 0 or epoch_end or step == stop_at:
-                host = jax.device_get(history)
+                host = parallel.to_host(history)
                 _check_finite(host, step - len(host), workdir)
                 flat = writer.write("train", step, _mean_metrics(host))
                 progress.set_postfix_str(format_metrics(flat, ("loss", "accuracy", "lr")))
