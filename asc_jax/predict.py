@@ -41,6 +41,7 @@ from flax import nnx
 from asc_jax import evaluate
 from asc_jax.audio.features import MelConfig, log_mel
 from asc_jax.data import tau
+from asc_jax.quantize import load_any
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 WINDOW_SECONDS = 1.0  # DCASE2024 Task 1 clip length: what the models see in training.
@@ -117,8 +118,6 @@ class Predictor:
     """A saved model with a jitted waveform-batch -> probabilities function of fixed batch size."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64):
-        from asc_jax.quantize import load_any
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         model, spec = load_any(model_dir)
@@ -193,7 +192,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="audio files or directories (searched recursively for "
                                                   f"{', '.join(AUDIO_SUFFIXES)})")
     parser.add_argument("--checkpoint", required=True, type=Path, help="saved model dir (<workdir>/deploy)")
-    parser.add_argument("--output", type=Path, default=Path("output.csv"), help="DCASE output file (default output.csv)")
+    parser.add_argument("--output", type=Path, default=Path("output.csv"),
+                        help="DCASE output file (default output.csv)")
     parser.add_argument("--batch-size", type=int, default=64, help="1-s windows per forward pass (default 64)")
     parser.add_argument("--min-last-window", type=float, default=MIN_LAST_WINDOW,
                         help="keep a trailing partial window (zero-padded) if it holds at least this fraction "

@@ -350,7 +350,8 @@ def _float_convs(model: nnx.Module) -> dict[str, nnx.Conv]:
     return convs
 
 
-def quantize(model: nnx.Module, ranges: Mapping[str, Any] | None, cfg: QuantConfig = QuantConfig()) -> nnx.Module:
+def quantize(model: nnx.Module, ranges: Mapping[str, Any] | None,
+             cfg: QuantConfig = QuantConfig()) -> nnx.Module:
     """Int8 copy of a float deploy model: every conv becomes an `Int8Conv`.
 
     Args:
@@ -365,7 +366,8 @@ def quantize(model: nnx.Module, ranges: Mapping[str, Any] | None, cfg: QuantConf
         weight_bits=cfg.weight_bits, act_bits=cfg.act_bits))
 
 
-def prepare_qat(model: nnx.Module, ranges: Mapping[str, Any] | None, cfg: QuantConfig = QuantConfig()) -> nnx.Module:
+def prepare_qat(model: nnx.Module, ranges: Mapping[str, Any] | None,
+                cfg: QuantConfig = QuantConfig()) -> nnx.Module:
     """QAT copy of a float deploy model: every conv becomes a `FakeQuantConv` (trainable kernel)."""
     _float_convs(model)
     return _map_convs(model, lambda name, conv: FakeQuantConv(
@@ -655,7 +657,8 @@ def calibration_mels(data_root: str | Path, split: str, mel: MelConfig, *, n: in
     pick = np.sort(np.random.default_rng(seed).choice(len(clips), min(n, len(clips)), replace=False))
     source = pipeline.ClipSource([clips[i] for i in pick], data_root, sr=mel.sample_rate, cache=False)
     to_mel = jax.jit(lambda audio: log_mel(audio, mel))
-    mels = [np.asarray(to_mel(b["audio"]))[b["mask"]] for b in pipeline.eval_batches(source, batch_size, sr=mel.sample_rate)]
+    batches = pipeline.eval_batches(source, batch_size, sr=mel.sample_rate)
+    mels = [np.asarray(to_mel(b["audio"]))[b["mask"]] for b in batches]
     return np.concatenate(mels)
 
 
@@ -700,9 +703,9 @@ def evaluate_quantized(model_dir: str | Path, data_root: str | Path, split: str 
         "memory": memory_report(qmodel).as_dict(),
     }
     if out is not None:
-        summary = {k: result[k] for k in ("split", "top1_agreement")} | {
+        headline = {k: result[k] for k in ("split", "top1_agreement")} | {
             f"{form}_{k}": result[form][k] for form in ("float", "int8") for k in ("accuracy", "macro_accuracy")}
-        save_quantized(out, qmodel, spec, cfg, quant_eval=summary)
+        save_quantized(out, qmodel, spec, cfg, quant_eval=headline)
         (Path(out) / "quantization.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -716,7 +719,8 @@ def summary(result: Mapping[str, Any]) -> str:
              f"{'':8}{'accuracy':>10}{'macro':>10}"]
     for form in ("float", "int8"):
         lines.append(f"{form:8}{result[form]['accuracy']:>10.4f}{result[form]['macro_accuracy']:>10.4f}")
-    lines.append(f"top-1 agreement {result['top1_agreement']:.4f}, max |logit diff| {result['max_abs_logit_diff']:.4f}")
+    lines.append(f"top-1 agreement {result['top1_agreement']:.4f}, "
+                 f"max |logit diff| {result['max_abs_logit_diff']:.4f}")
     return "\n".join(lines)
 
 
@@ -730,7 +734,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, type=Path, help="saved deploy model dir (<workdir>/deploy)")
     parser.add_argument("--data-root", required=True, type=Path, help="TAU-layout dataset root")
     parser.add_argument("--split", default="test", help="evaluation split (default: test)")
-    parser.add_argument("--calib-split", default="100", help="split the calibration clips come from (default: 100)")
+    parser.add_argument("--calib-split", default="100",
+                        help="split the calibration clips come from (default: 100)")
     parser.add_argument("--n-calib", type=int, default=256, help="calibration clips (default: 256)")
     parser.add_argument("--weight-bits", type=int, default=8)
     parser.add_argument("--act-bits", type=_bits, default=8, help="bits of conv inputs, or 'none' (weight-only)")

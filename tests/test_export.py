@@ -41,7 +41,8 @@ def test_stablehlo_round_trip_with_frontend(models, tmp_path):
         assert (meta["input"]["name"], meta["input"]["shape"]) == ("waveform", ["batch", MEL.sample_rate])
         assert meta["mel"] == dataclasses.asdict(MEL) and meta["class_names"] == list(CLASSES)
     # The batch is symbolic: one clip works as well as three (int8 module).
-    np.testing.assert_allclose(np.asarray(exported.call(audio[:1])), ref[:1], rtol=0, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(exported.call(audio[:1])), ref[:1], rtol=0,
+                               atol=1e-5 * np.abs(ref).max())
     # The int8 weights are int8 constants of the serialized module, not float copies.
     assert "xi8>" in exported.mlir_module()
     with pytest.raises(ValueError, match="not a serialized"):
@@ -89,10 +90,12 @@ def test_export_cli_on_saved_int8_model(models, tmp_path):
     spec = {"model": {"name": "rep_mobile", "options": TINY, "deploy": True},
             "mel": dataclasses.asdict(MEL), "class_names": list(CLASSES)}
     Q.save_quantized(tmp_path / "int8", models["int8"], spec, Q.QuantConfig())
-    assert E.main(["--checkpoint", str(tmp_path / "int8"), "--out", str(tmp_path / "out"), "--format", "stablehlo"]) == 0
+    assert E.main(["--checkpoint", str(tmp_path / "int8"), "--out", str(tmp_path / "out"),
+                   "--format", "stablehlo"]) == 0
     meta = json.loads((tmp_path / "out" / "model.stablehlo.json").read_text())
     assert meta["quantization"] == dataclasses.asdict(Q.QuantConfig()) and meta["model"]["options"] == TINY
     save_model(tmp_path / "float", models["float"], name="rep_mobile", options=TINY, deploy=True,
                mel=dataclasses.asdict(MEL), class_names=list(CLASSES))
-    exported, meta = E.load_stablehlo(E.export_saved(tmp_path / "float", tmp_path / "out2", formats=["stablehlo"])[0])
+    written = E.export_saved(tmp_path / "float", tmp_path / "out2", formats=["stablehlo"])
+    exported, meta = E.load_stablehlo(written[0])
     assert meta["quantization"] is None and "xi8>" not in exported.mlir_module()

@@ -114,7 +114,9 @@ def test_cli_int8_checkpoint_all_good_exits_zero(saved, tmp_path, capsys):
     assert capsys.readouterr().err == ""
     row = out.read_text().splitlines()[1].split("\t")
     expected, _ = _direct_probs(qmodel, wav)
-    np.testing.assert_allclose([float(v) for v in row[2:]], expected, atol=1e-5)
+    # 1e-3: the reference runs log-mel and model as two XLA programs, the CLI as one; a conv input
+    # within float rounding of an int8 code boundary may then round to the neighbouring code.
+    np.testing.assert_allclose([float(v) for v in row[2:]], expected, atol=1e-3)
 
 
 def test_cli_without_any_readable_input_writes_nothing(saved, tmp_path, capsys):

@@ -1,9 +1,10 @@
 """Int8 quantization: numerics, calibration, PTQ vs float, QAT, persistence, memory, evaluation.
 
-The helpers at the top (tiny fused model, small frontend, generated audio) are shared with
-test_export.py and test_predict.py.
+The helpers at the top (tiny deploy model, small frontend, generated audio, chunked jitted
+forward passes) are shared with test_export.py and test_predict.py.
 """
 import dataclasses
+import functools
 import json
 
 import jax
@@ -25,17 +26,46 @@ from asc_jax.train.state import create_train_state
 # A small frontend and model keep compile times low; the code paths are those of the defaults.
 MEL = MelConfig(sample_rate=16_000, n_fft=1024, win_length=800, hop_length=320, n_mels=64)
 TINY = {"base_channels": 16, "n_blocks": [1, 1, 1], "strides": {"b2": [2, 2], "b3": [2, 1]}}
+# Jitted helpers run fixed-size chunks: one XLA compilation per function and model structure.
+CHUNK = 16
+
+
+def chunked(fn, x: np.ndarray) -> np.ndarray:
+    """fn over x in zero-padded chunks of CHUNK rows."""
+    x = np.asarray(x, np.float32)
+    padded = np.concatenate([x, np.zeros(((-len(x)) % CHUNK, *x.shape[1:]), x.dtype)])
+    return np.concatenate([np.asarray(fn(padded[i:i + CHUNK])) for i in range(0, len(padded), CHUNK)])[:len(x)]
+
+
+@jax.jit
+def _log_mel(audio):
+    return log_mel(audio, MEL)
+
+
+def mels_of(audio: np.ndarray) -> np.ndarray:
+    return chunked(_log_mel, audio)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, x):
+    logits, aux = nnx.merge(graphdef, state)(x, train=False)
+    return logits, aux["pre_logits"]
+
+
+def logits_fn(model):
+    graphdef, state = nnx.split(model)
+    return lambda x: chunked(lambda c: _forward(graphdef, state, c)[0], x)
 
 
 def tiny_deploy(seed: int = 0, options: dict = TINY) -> nnx.Module:
     """A random deploy-form (fused, BN-free) Rep-Mobile standing in for a trained one.
 
     A fresh network's logits hardly depend on its input (one class wins everywhere), which would
-    make agreement and closeness tests vacuous; so the head is set, by least squares, to map the
-    pre-logits of generated scenes onto logits centred per class with a between-clip spread of
-    about 2. Weights are drawn in NumPy: jitting the initialisers costs ~17 s of XLA compilation
-    on 2 cores, running them eagerly more. The first conv's kernels are zero-mean, as a trained
-    stem's roughly are, so the log-mel's large constant offset does not swamp everything after it.
+    make agreement and closeness tests vacuous; so the head is shifted and scaled so that on
+    generated scenes its logits are centred per class with a between-clip spread of about 2.
+    Weights are drawn in NumPy: jitting the initialisers costs ~17 s of XLA compilation on 2
+    cores, running them eagerly more. The first conv's kernels are zero-mean, as a trained stem's
+    roughly are, so the log-mel's large constant offset does not swamp everything after it.
     """
     graphdef, state = nnx.split(nnx.eval_shape(
         lambda: build_model("rep_mobile", deploy=True, rngs=nnx.Rngs(0), **options)))
@@ -51,8 +81,8 @@ def tiny_deploy(seed: int = 0, options: dict = TINY) -> nnx.Module:
         return kernel.astype(np.float32)
 
     model = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, state))
-    pre = np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[1]["pre_logits"])(
-        nnx.state(model), mels_of(scene_audio(32, 1000 + seed))))
+    state = nnx.state(model)
+    pre = chunked(lambda c: _forward(graphdef, state, c)[1], mels_of(scene_audio(32, 1000 + seed)))
     head = model.head.conv
     logits = pre @ np.asarray(head.kernel[...])[0, 0]
     gain = 2.0 / logits.std(0).mean()
@@ -75,22 +105,12 @@ def scene_audio(n: int, seed: int, sr: int = MEL.sample_rate, seconds: float = 1
     return out
 
 
-def mels_of(audio: np.ndarray) -> np.ndarray:
-    return np.asarray(jax.jit(lambda a: log_mel(a, MEL))(audio))
-
-
-def logits_fn(model):
-    graphdef, state = nnx.split(model)
-    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])
-    return lambda x: np.asarray(f(state, x))
-
-
 @pytest.fixture(scope="module")
 def setup():
     model = tiny_deploy(0)
     mels = mels_of(scene_audio(96, 1))
     calib, test = mels[:48], mels[48:]
-    ranges = Q.calibrate(model, calib)
+    ranges = Q.calibrate(model, calib, batch_size=CHUNK)
     qmodel = Q.quantize(model, ranges)
     return {"model": model, "calib": calib, "test": test, "ranges": ranges, "qmodel": qmodel,
             "float_logits": logits_fn(model)(test), "int8_logits": logits_fn(qmodel)(test)}
@@ -140,7 +160,8 @@ def test_fake_quant_weight_is_straight_through():
     w, c = (jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32) for _ in range(2))
     value, grad = jax.jit(jax.value_and_grad(lambda w: jnp.sum(Q.fake_quant_weight(w, 8) * c)))(w)
     np.testing.assert_array_equal(np.asarray(grad), np.asarray(c))
-    assert float(value) == pytest.approx(float(jnp.sum(Q.dequantize_weight(*Q.quantize_weight(w, 8)) * c)), rel=1e-6)
+    expected = jnp.sum(Q.dequantize_weight(*Q.quantize_weight(w, 8)) * c)
+    assert float(value) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_config_validation():
@@ -179,12 +200,14 @@ def test_calibration_ranges_are_conv_input_extremes(setup):
     # The first conv sees the log-mel itself.
     np.testing.assert_allclose(ranges["stem/0/conv"], [min(calib.min(), 0), max(calib.max(), 0)], rtol=1e-6)
     assert all(r[0] == 0.0 for name, r in ranges.items() if name != "stem/0/conv")  # inputs after ReLU
-    # Batching the calibration set does not change min/max ranges.
-    split = Q.calibrate(model, calib, batch_size=16)
+    # Ranges over several batches are the extremes of the per-batch ranges.
+    first, rest = Q.calibrate(model, calib[:CHUNK]), Q.calibrate(model, calib[CHUNK:], batch_size=CHUNK)
     for name in ranges:
-        np.testing.assert_allclose(split[name], ranges[name], rtol=1e-6)
+        np.testing.assert_array_equal(ranges[name], [min(first[name][0], rest[name][0]),
+                                                     max(first[name][1], rest[name][1])])
     # (a few clips: sorting every conv input is slow on CPU)
-    percentile = Q.calibrate(model, calib[:6], Q.QuantConfig(calibration="percentile", percentile=99.0))
+    percentile = Q.calibrate(model, calib[:4], Q.QuantConfig(calibration="percentile", percentile=99.0),
+                             batch_size=4)
     assert all(ranges[n][0] <= percentile[n][0] <= percentile[n][1] < ranges[n][1] for n in ranges)
 
 
@@ -262,8 +285,8 @@ def test_qat_forward_equals_int8_and_finetuning_moves_kernels_only(setup):
 
     int8 = Q.convert_qat(tuned)
     np.testing.assert_allclose(logits_fn(int8)(test), logits_fn(tuned)(test), rtol=0, atol=1e-5)
-    recalibrated = Q.set_ranges(tuned, Q.calibrate(tuned, setup["calib"]))
-    assert isinstance(Q.conv_layers(recalibrated)["head/conv"], Q.FakeQuantConv)
+    widened = Q.set_ranges(int8, {name: 2 * r for name, r in ranges.items()})
+    np.testing.assert_array_equal(Q.conv_layers(widened)["head/conv"].act_range[...], 2 * ranges["head/conv"])
     with pytest.raises(ValueError, match="not a FakeQuantConv"):
         Q.convert_qat(model)
 
@@ -294,7 +317,7 @@ def test_evaluate_quantized_cli_on_generated_dataset(setup, tmp_path, capsys):
     save_model(tmp_path / "deploy", setup["model"], name="rep_mobile", options=TINY, deploy=True,
                mel=dataclasses.asdict(MEL), class_names=list(tau.CLASSES))
     assert Q.main(["--checkpoint", str(tmp_path / "deploy"), "--data-root", str(root), "--n-calib", "16",
-                   "--out", str(tmp_path / "int8")]) == 0
+                   "--batch-size", str(CHUNK), "--out", str(tmp_path / "int8")]) == 0
     printed = capsys.readouterr().out
     assert "DCASE memory at int8" in printed and "top-1 agreement" in printed
     result = json.loads((tmp_path / "int8" / "quantization.json").read_text())
