@@ -164,6 +164,17 @@ def test_fake_quant_weight_is_straight_through():
     assert float(value) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_conv_spec_lowerings_agree():
+    """The quantized depthwise conv uses `depthwise_taps` on CPU and a grouped XLA convolution
+    elsewhere (as DepthwiseConv does); both must compute the same conv, stride included."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 7, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 6)), jnp.float32)
+    taps = Q.ConvSpec("depthwise", (2, 1), ((1, 1), (1, 1)), 6)
+    grouped = dataclasses.replace(taps, kind="conv")
+    np.testing.assert_allclose(jax.jit(taps.apply)(x, kernel), jax.jit(grouped.apply)(x, kernel), atol=1e-5)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="weight_bits"):
         Q.QuantConfig(weight_bits=16)
