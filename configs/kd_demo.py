@@ -1,0 +1,63 @@
+"""Demo: ensemble knowledge distillation on the embedded synthetic dataset, end to end.
+
+  # 1. two CNN teachers, wider than the student, on the same split (data generated on first use)
+  python train.py --config configs/demo.py:model=cp_mobile,seed=1 \
+      --set model.options.base_channels=48 --workdir runs/demo_teacher_cpm
+  python train.py --config configs/demo.py:seed=2 \
+      --set model.options.base_channels=48 --workdir runs/demo_teacher_rpm
+  # 2. their logits under 4 stored augmentations of every training clip
+  python -m asc_jax.teachers precompute --data data/synthetic_tau --split 100 \
+      --teacher runs/demo_teacher_cpm --teacher runs/demo_teacher_rpm \
+      --views 4 --seed 0 --out stores/demo_split100
+  # 3. the student (configs/demo.py) distilled from them, and the same run without KD
+  python train.py --config configs/kd_demo.py --workdir runs/kd_demo
+  python train.py --config configs/kd_demo.py:teachers=none --workdir runs/kd_demo_none
+
+The teachers are named cp_mobile-demo_teacher_cpm and rep_mobile-demo_teacher_rpm (both CNNs, so
+teachers=cnn selects the same ensemble as all; a converted PaSST added with --teacher would form
+the transformer ensemble). Runtime: the student runs take as long as configs/demo.py (6 epochs,
+~6-10 minutes on 2 CPU cores; teachers never run during training); each 48-channel teacher costs
+roughly twice that (estimated from its MACs, not measured), the precompute a few minutes. Expect
+the KD student's eval macro accuracy at or above the run without KD, and `agree_ensemble` in
+metrics.jsonl to rise over training.
+
+Variants: teachers=none|cnn|all, kd=cpjku|paper (see configs/kd_tau.py), store=PATH (default
+stores/demo_split{split}), and those of configs/demo.py: split=N, epochs=N, model=..., seed=N.
+"""
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+from asc_jax.config import Config, load_config, parse_variant
+
+_BASE_VARIANTS = ("split", "epochs", "model", "seed")
+_HERE = Path(__file__).parent
+
+
+def _kd_presets() -> dict:
+    """configs/kd_tau.py's KD_PRESETS (config files are loaded by path, not as a package)."""
+    spec = importlib.util.spec_from_file_location("_asc_config_kd_tau", _HERE / "kd_tau.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.KD_PRESETS
+
+
+def get_config(arg: str | None = None) -> Config:
+    variant = parse_variant(arg)
+    unknown = set(variant) - {*_BASE_VARIANTS, "teachers", "kd", "store"}
+    if unknown:
+        raise ValueError(f"unknown kd_demo variants {sorted(unknown)}")
+    teachers = str(variant.get("teachers", "all"))
+    if teachers not in ("none", "cnn", "all"):
+        raise ValueError(f"teachers must be none, cnn or all; got {teachers!r}")
+    presets = _kd_presets()
+    preset = str(variant.get("kd", "cpjku"))
+    if preset not in presets:
+        raise ValueError(f"kd must be one of {sorted(presets)}; got {preset!r}")
+    base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if k in variant)
+    config = load_config(f"{_HERE / 'demo.py'}:{base_arg}")
+    if teachers == "none":
+        return config
+    store = str(variant.get("store", f"stores/demo_split{config.data.train_split}"))
+    return dataclasses.replace(
+        config, kd=dataclasses.replace(presets[preset], store=store, teachers=teachers))

@@ -1,0 +1,81 @@
+"""Table IV (Han et al.): Rep-Mobile students distilled from teacher ensembles, for every split.
+
+Each row of the table is one run per split N in 5, 10, 25, 50, 100:
+
+  teachers=none          baseline without KD (exactly configs/rep_mobile_tau.py:split=N)
+  teachers=cnn           ensemble of the CNN teachers (cp_resnet, cp_mobile, ...)
+  teachers=transformer   ensemble of the PaSST teachers
+  teachers=all           both ensembles together
+
+Teachers are trained on split N only (the DCASE2024 rule) and precomputed once per split into a
+teacher-logit store, by default `stores/split{N}`; the ensembles are selected from it by name
+(`<arch>-<tag>`, see asc_jax.distill.ENSEMBLES), so one store serves the three KD rows:
+
+  # CNN teachers: train.py with a bigger model, on split N; PaSST teachers: checkpoints
+  # fine-tuned on split N, converted (convert_weights.py --arch passt --num-classes 10).
+  python -m asc_jax.teachers precompute --data /path/to/TAU22 --split 25 \
+      --teacher s1=teachers/split25/passt_1 --teacher s2=teachers/split25/passt_2 \
+      --teacher s1=runs/cp_resnet_s25_1 --teacher s2=runs/cp_resnet_s25_2 \
+      --views 8 --seed 0 --out stores/split25
+  python train.py --config configs/kd_tau.py:split=25,teachers=all --workdir runs/kd_s25_all \
+      --set data.root=/path/to/TAU22
+
+The store samples roll <= 125 ms and one frequency band <= 48 of 256 bins per view (the
+defaults of the precompute command, matching this recipe); the student replays them and adds
+Freq-MixStyle fresh. Runtime is that of the baseline (teachers never run during training: about
+an hour for split 100 on one modern GPU); the result to compare is eval macro-class accuracy of
+the four rows per split, as in Table IV (summary.json, eval/final.json).
+
+KD hyper-parameters (variant kd=..., or --set kd.lam=... kd.tau=...):
+
+  kd=cpjku (default)  CPJKU's KD recipe, lambda = 0.02, tau = 2, KL scaled by tau^2. CPJKU average
+                      their KL over classes as well as the batch, this code only over the batch
+                      (asc_jax.distill.kd_loss), so their lambda is converted to the one giving the
+                      same loss up to a constant factor (which Adam ignores):
+                      lam = 0.02 C / (0.02 C + 0.98) = 0.1695 for C = 10 classes.
+  kd=paper            the paper's values taken literally: tau = 0.1 as printed, lam = 0.02 in this
+                      loss's convention, no tau^2 factor. Not validated here.
+
+Other variants (passed to configs/rep_mobile_tau.py): width=N, branches=..., model=..., seed=N,
+epochs=N; store=PATH overrides the store directory.
+"""
+import dataclasses
+from pathlib import Path
+
+from asc_jax.config import Config, KDConfig, load_config, parse_variant
+from asc_jax.data.tau import CLASSES
+
+TEACHER_SETS = ("none", "cnn", "transformer", "all")
+_BASE_VARIANTS = ("split", "width", "branches", "model", "seed", "epochs")
+
+
+def cpjku_lam(lam: float, n_classes: int = len(CLASSES)) -> float:
+    """The label weight that reproduces CPJKU's ``lam * CE + (1 - lam) * T^2 * mean_{b,c} KL``
+    with this project's ``mean_b sum_c KL``: equal ratio of the two terms."""
+    return lam * n_classes / (lam * n_classes + 1.0 - lam)
+
+
+KD_PRESETS = {
+    "cpjku": KDConfig(lam=cpjku_lam(0.02), tau=2.0, scale_by_tau_sq=True),
+    "paper": KDConfig(lam=0.02, tau=0.1, scale_by_tau_sq=False),
+}
+
+
+def get_config(arg: str | None = None) -> Config:
+    variant = parse_variant(arg)
+    unknown = set(variant) - {*_BASE_VARIANTS, "teachers", "kd", "store"}
+    if unknown:
+        raise ValueError(f"unknown kd_tau variants {sorted(unknown)}")
+    teachers = str(variant.get("teachers", "all"))
+    if teachers not in TEACHER_SETS:
+        raise ValueError(f"teachers must be one of {TEACHER_SETS}; got {teachers!r}")
+    preset = str(variant.get("kd", "cpjku"))
+    if preset not in KD_PRESETS:
+        raise ValueError(f"kd must be one of {sorted(KD_PRESETS)}; got {preset!r}")
+    base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if k in variant)
+    config = load_config(f"{Path(__file__).with_name('rep_mobile_tau.py')}:{base_arg}")
+    if teachers == "none":
+        return config
+    store = str(variant.get("store", f"stores/split{config.data.train_split}"))
+    kd = KD_PRESETS[preset]
+    return dataclasses.replace(config, kd=dataclasses.replace(kd, store=store, teachers=teachers))
