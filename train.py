@@ -9,6 +9,7 @@ import logging
 
 from asc_jax.config import load_config, override
 from asc_jax.train import train_and_evaluate
+from asc_jax.train.progressive import train_and_prune
 
 
 def main(argv=None) -> None:
@@ -22,7 +23,10 @@ def main(argv=None) -> None:
     config = load_config(args.config)
     for assignment in args.set:
         config = override(config, assignment)
-    train_and_evaluate(config, args.workdir)
+    if config.prune is not None:  # phases: dense training, then prune + finetune rounds
+        train_and_prune(config, args.workdir)
+    else:
+        train_and_evaluate(config, args.workdir)
 
 
 if __name__ == "__main__":
