@@ -49,9 +49,6 @@ class TFSepNetConfig:
     norm: str = "adaresnorm"  # "adaresnorm" (learnt rho, gamma, beta) or "resnorm" (fixed lambda 0.1).
     shuffle: bool = True  # Channel shuffle before the split (groups = half the channels).
 
-    def block_widths(self) -> tuple[int, ...]:
-        return tuple(int(v * self.base_channels) for v in self.layout if not isinstance(v, str))
-
 
 def _ifn(x: jax.Array, eps: float) -> jax.Array:
     """Instance-frequency normalisation: per sample and frequency bin, over channels and time,
