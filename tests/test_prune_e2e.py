@@ -157,7 +157,9 @@ def test_phase_planning_rules(tmp_path):
     assert finetune.prune is None and finetune.model.init_from == str(tmp_path / "init")
     assert finetune.optim.epochs == 1 and finetune.kd == config.kd and finetune.data == config.data
     with pytest.raises(ValueError, match="finetune='sliced'"):
-        progressive.plan_phases(_config(tmp_path, finetune="masked", allow_inexact_masking=True))
+        progressive.train_and_prune(_config(tmp_path, finetune="masked", allow_inexact_masking=True),
+                                    tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     with pytest.raises(ValueError, match="start_epoch"):
         progressive.plan_phases(_config(tmp_path, start_epoch=2))
     # Explicit widths in the options override the target's base_channels: nothing would be pruned.

@@ -202,12 +202,12 @@ def train_and_prune(config: Config, workdir: str | Path) -> dict[str, Any]:
       to workdir/summary.json; or {"finished": False, "phase": name, ...} when a phase stopped
       early (config.max_steps): rerun the same command to continue.
     """
+    phases = plan_phases(config)  # first: a config that cannot be planned leaves no trace
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # Finished phases are skipped without looking at their configs, so the whole run's config
     # must match the one it started with.
     _check_config(workdir, config)
-    phases = plan_phases(config)
     rows = []
     for phase in phases:
         phase_dir = workdir / phase.name
