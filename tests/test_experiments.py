@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from asc_jax.config import to_dict
+from asc_jax.data import synthetic
 from asc_jax.experiments import TABLES, check, collect, execute, format_cell, main, mean_std, plan
 from asc_jax.experiments.runner import load_run_config
-from asc_jax.data import synthetic
 from asc_jax.experiments.tables import PAPER_SPLITS, SMOKE_DATASET, Row, Table
 
 STATES = ("train", "resume", "cached", "skipped", "failed")
@@ -194,7 +194,8 @@ def test_smoke_table_ii_end_to_end_and_rerun_is_cached(smoke_data, tmp_path, cap
     assert main(argv) == 0
     table = TABLES.get("II")
     for row in table.rows:
-        summary = json.loads((tmp_path / "runs" / "II" / row.key / "split100" / "seed0" / "summary.json").read_text())
+        run_dir = tmp_path / "runs" / "II" / row.key / "split100" / "seed0"
+        summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["finished"] and summary["step"] == 3  # 120 clips / batch 32, 1 epoch
     md = (tmp_path / "runs" / "II" / "results.md").read_text().splitlines()
     header = md.index("| System | 100% |")

@@ -69,9 +69,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("table", help=f"table to run: {', '.join(table_names())}, 1-5 or 'all'")
     parser.add_argument("--data", required=True,
-                        help="dataset root (TAU layout); with --smoke the tiny synthetic set is generated here")
+                        help="dataset root (TAU layout); with --smoke the tiny synthetic set is "
+                             "generated here")
     parser.add_argument("--workdir", default=None,
-                        help=f"experiments root (default {DEFAULT_WORKDIR}, {DEFAULT_SMOKE_WORKDIR} with --smoke)")
+                        help=f"experiments root (default {DEFAULT_WORKDIR}, "
+                             f"{DEFAULT_SMOKE_WORKDIR} with --smoke)")
     parser.add_argument("--seeds", type=_int_list, default=DEFAULT_SEEDS, help="comma-separated seeds")
     parser.add_argument("--splits", type=_split_list, default=PAPER_SPLITS,
                         help="comma-separated training splits (tables over splits)")

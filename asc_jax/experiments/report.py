@@ -130,11 +130,18 @@ def format_cell(values: Sequence[float], planned: int) -> str:
     return text + (f" (n={len(values)})" if len(values) < planned else "")
 
 
-def _span(values: tuple[int, ...], scale: float, unit: str, digits: int) -> str:
+def _human(n: int) -> str:
+    """126952 -> "127.0K", 29561088 -> "29.56M" (params and MACs)."""
+    for scale, unit, digits in ((1e9, "G", 2), (1e6, "M", 2), (1e3, "K", 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f}{unit}"
+    return str(n)
+
+
+def _span(values: tuple[int, ...]) -> str:
     if not values:
         return EMPTY
-    parts = [f"{v / scale:.{digits}f}{unit}" for v in (values[0], values[-1])]
-    return parts[0] if len(values) == 1 else f"{parts[0]}–{parts[1]}"
+    return _human(values[0]) if len(values) == 1 else f"{_human(values[0])}–{_human(values[-1])}"
 
 
 def to_markdown(results: TableResults) -> str:
@@ -150,7 +157,7 @@ def to_markdown(results: TableResults) -> str:
     for r in results.rows:
         cells = [r.row.label]
         if table.complexity:
-            cells += [_span(r.params, 1e3, "K", 1), _span(r.macs, 1e6, "M", 2)]
+            cells += [_span(r.params), _span(r.macs)]
         if r.skipped:
             cells += ["skipped"] * len(results.splits)
             notes.append(f"{r.row.label}: skipped: {r.skipped}")

@@ -179,7 +179,8 @@ def _passt_frontend(config: Config) -> str | None:
     if "frontend" not in {f.name for f in dataclasses.fields(config)}:
         return ("PaSST needs its own frontend (asc_jax.audio.passt_frontend), which "
                 "train_and_evaluate does not support yet (no Config.frontend); its teacher logits "
-                "come from converted weights (convert_weights.py) via `python -m asc_jax.teachers precompute`")
+                "come from converted weights (convert_weights.py) via "
+                "`python -m asc_jax.teachers precompute`")
     return None
 
 

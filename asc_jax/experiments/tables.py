@@ -143,7 +143,8 @@ register(Table(
     # Per split, the teacher-logit store comes from table III's finished teachers at that split.
     prepare=("teacher_stores",),
     rows=tuple(
-        Row(teachers, label, f"configs/kd_tau.py:teachers={teachers},store={{table_dir}}/stores/split{{split}}",
+        Row(teachers, label,
+            f"configs/kd_tau.py:teachers={teachers},store={{table_dir}}/stores/split{{split}}",
             requires=("kd_store",))
         for teachers, label in (("none", "no KD"), ("cnn", "KD: CNN teachers"),
                                 ("transformer", "KD: transformer teachers (PaSST)"),
