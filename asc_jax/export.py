@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import json
 import pkgutil
 import sys
@@ -213,6 +214,7 @@ def export_onnx(model: nnx.Module, path: str | Path, *, mel: MelConfig,
     Returns:
       The path written.
     """
+    _require_onnx_extra()
     import onnx
 
     if frontend and batch_size < 1:
@@ -249,7 +251,18 @@ def onnx_metadata(path: str | Path) -> dict[str, Any]:
 # CLI
 # ---------------------------------------------------------------------------------------------
 
-def export_saved(model_dir: str | Path, out_dir: str | Path, *, formats: Iterable[str] = ("stablehlo", "onnx"),
+def _require_onnx_extra() -> None:
+    """ONNX is an optional extra: say how to get it instead of failing deep inside an import."""
+    missing = [m for m in ("jax2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"ONNX export needs the deploy extra ({', '.join(missing)} not installed): "
+            "pip install -c scripts/constraints.txt -e '.[deploy]' (jax2onnx 0.17 requires "
+            "orbax-checkpoint<0.11.37, and the constraints file holds a tested set); "
+            "StableHLO export (--format stablehlo, the default) needs no extra.")
+
+
+def export_saved(model_dir: str | Path, out_dir: str | Path, *, formats: Iterable[str] = ("stablehlo",),
                  onnx_frontend: bool = False, onnx_batch_size: int = 1) -> list[Path]:
     """Exports a saved model dir (float deploy or int8) to `out_dir`/model.{stablehlo,onnx}."""
     model, spec = load_any(model_dir)
@@ -274,11 +287,17 @@ def main(argv: Iterable[str] | None = None) -> int:
         description="Export a saved deploy model (float or int8) to StableHLO and ONNX.")
     parser.add_argument("--checkpoint", required=True, type=Path, help="saved model dir (<workdir>/deploy)")
     parser.add_argument("--out", required=True, type=Path, help="output dir")
-    parser.add_argument("--format", nargs="+", choices=("stablehlo", "onnx"), default=["stablehlo", "onnx"])
+    parser.add_argument("--format", nargs="+", choices=("stablehlo", "onnx"), default=["stablehlo"],
+                        help="stablehlo (default install) and/or onnx (needs the deploy extra)")
     parser.add_argument("--onnx-frontend", action="store_true",
                         help="waveform-input ONNX with the STFT in the graph (fixed batch)")
     parser.add_argument("--onnx-batch-size", type=int, default=1, help="batch of the waveform-input ONNX")
     args = parser.parse_args(None if argv is None else list(argv))
+    if "onnx" in args.format:
+        try:
+            _require_onnx_extra()
+        except ImportError as err:  # before any work: one line, not a traceback
+            parser.error(str(err))
     for path in export_saved(args.checkpoint, args.out, formats=args.format, onnx_frontend=args.onnx_frontend,
                              onnx_batch_size=args.onnx_batch_size):
         print(path)

@@ -1,9 +1,30 @@
 #!/usr/bin/env bash
-# Installs asc-jax with its test extras (PyTorch CPU for the conversion tests) and runs the suite.
+# Builds the test environment from this checkout alone and runs the suite (what .ci/run calls).
+#
+# The environment is a virtualenv inside the checkout (.venv-test/), made from pyproject.toml's
+# extras pinned by scripts/constraints.txt (the tested versions). It is rebuilt whenever either
+# file (or this script) changes, so a dependency that pyproject.toml forgets to declare fails here
+# instead of being picked up from whatever the machine has installed (this happened with
+# flatbuffers, which jax.export's serialization needs). Extra pytest arguments pass through:
+#   bash scripts/test.sh tests/test_export.py -k stablehlo
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -e ".[test,torch]"
-# hear21passt (the PyTorch PaSST reference) without its timm/torchaudio requirements: those pull
-# a CUDA torch build, and the tests stub the two helpers it takes from them.
-python -m pip install -q --no-deps hear21passt==0.0.26
-python -m pytest -q -n 2 --durations=15 tests
+PYTHON=${PYTHON:-python3}
+VENV=.venv-test
+stamp=$( { "$PYTHON" --version; cat pyproject.toml scripts/constraints.txt scripts/test.sh; } 2>&1 | sha256sum | cut -c1-16)
+
+if [[ ! -x $VENV/bin/python || "$(cat $VENV/.stamp 2>/dev/null)" != "$stamp" ]]; then
+  echo "building $VENV (pyproject.toml, scripts/constraints.txt or scripts/test.sh changed, or it is missing)"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  # torch: the CPU build (reference tests, conversion). deploy: jax2onnx + onnxruntime (ONNX tests).
+  "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[test,torch,deploy]"
+  # hear21passt (the PyTorch PaSST reference) without its timm/torchaudio requirements: those pull
+  # a CUDA torch build, and the tests stub the two helpers it takes from them.
+  "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt --no-deps hear21passt
+  # Whatever pip resolved must be exactly the locked set: a package missing from the lock, or a
+  # version drifting from it, fails here rather than in some later run.
+  "$VENV/bin/python" scripts/check_lock.py scripts/constraints.txt
+  echo "$stamp" > "$VENV/.stamp"
+fi
+exec "$VENV/bin/python" -m pytest -q -n 2 --durations=15 "${@:-tests}"
