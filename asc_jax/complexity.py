@@ -46,15 +46,25 @@ def _recording_outputs(model: nnx.Module) -> Iterator[list[tuple[int, tuple[int,
     """Patches `__call__` of every module class that owns parameters to log (id, output shape).
 
     NNX has no method interceptor (linen's `intercept_methods`), so the classes are patched for
-    the duration of one abstract trace and restored afterwards, also on error.
+    the duration of one abstract trace and restored afterwards, also on error. A call is logged
+    once per layer call, at the outermost level: a subclass may delegate to its patched base
+    (`layers.DepthwiseConv` with conv_lowering "xla" calls `nnx.Conv.__call__`), and the layer
+    must count the same whichever way it lowers.
     """
     calls: list[tuple[int, tuple[int, ...]]] = []
+    running: set[int] = set()  # ids of the layers whose patched __call__ is on the stack
     classes = {type(m) for _, m in nnx.iter_modules(model) if _direct_params(m)}
     originals = {cls: cls.__call__ for cls in classes}
 
     def wrap(original):
         def recorded(self, *args, **kwargs):
-            out = original(self, *args, **kwargs)
+            if id(self) in running:
+                return original(self, *args, **kwargs)
+            running.add(id(self))
+            try:
+                out = original(self, *args, **kwargs)
+            finally:
+                running.discard(id(self))
             calls.append((id(self), tuple(out.shape)))
             return out
         return recorded

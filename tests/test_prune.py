@@ -122,16 +122,16 @@ def test_rep_mobile_groups_follow_the_architecture():
     assert "GRN" in by_name["stem/1/conv"].cross_channel[0]
 
 
-def test_groups_do_not_depend_on_how_convs_lower(monkeypatch):
-    """On CPU layers.DepthwiseConv computes shifted slices and layers.PointwiseConv a matmul,
-    elsewhere both are XLA convs: the groups (and their producers, which L1 importance reads)
-    must be the same either way."""
-    from asc_jax.models import layers
-    model = nnx.eval_shape(lambda: build_model("rep_mobile", rngs=nnx.Rngs(0)))
-    cpu_form = prune.channel_groups(model)
-    for cls in (layers.DepthwiseConv, layers.PointwiseConv):
-        monkeypatch.setattr(cls, "__call__", nnx.Conv.__call__)
-    assert prune.channel_groups(model) == cpu_form
+@pytest.mark.parametrize("name,deploy", [("rep_mobile", False), ("rep_mobile", True), ("bc_resnet", False)])
+def test_groups_do_not_depend_on_how_convs_lower(name, deploy):
+    """With conv_lowering "taps" DepthwiseConv computes shifted slices and PointwiseConv a
+    matmul, with "xla" both are XLA convs: the groups (and their producers, which L1 importance
+    reads) must be the same either way."""
+    def groups(lowering):
+        return prune.channel_groups(nnx.eval_shape(lambda: build_model(
+            name, deploy=deploy, rngs=nnx.Rngs(0), conv_lowering=lowering)))
+
+    assert groups("xla") == groups("taps")
 
 
 @pytest.mark.parametrize("name,deploy,kw", [("dcase2024_baseline", False, {}), ("rep_mobile", True, {}),

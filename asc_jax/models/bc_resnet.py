@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.layers import BN_EPS, BN_MOMENTUM, ConvBN, DepthwiseConv, PointwiseConv, conv_init
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,9 @@ class BCResNetConfig:
     sub_bands: int = 4  # SubSpectralNorm groups along frequency (1 = plain BatchNorm).
     dilation: bool = True  # Dilate the temporal conv of stage s by 2**s.
     dropout: float = 0.1  # Channel-wise (Dropout2d) rate after each block's 1x1 conv.
+    # How depthwise and 1x1 convs are computed, "taps" or "xla" (layers.CONV_LOWERINGS): the same
+    # function either way. Fixed here; a training run records layers.default_lowering().
+    conv_lowering: str = "taps"
 
     def channels(self) -> tuple[int, ...]:
         return tuple(int(self.base_channels * w) for w in self.widths)
@@ -77,13 +81,15 @@ class SubSpectralNorm(nnx.Module):
         return y.reshape(b, f // s, t, c, s).transpose(0, 4, 1, 2, 3).reshape(b, f, t, c)
 
 
-def dilated_temporal_conv_bn(channels: int, dilation: int, *, deploy: bool, rngs: nnx.Rngs) -> ConvBN:
+def dilated_temporal_conv_bn(channels: int, dilation: int, *, deploy: bool, lowering: str,
+                             rngs: nnx.Rngs) -> ConvBN:
     """Depthwise (1x3) conv dilated along time, padded to keep the length, -> BN.
 
     ConvBN has no dilation, so its conv is swapped for a plain nnx.Conv of that geometry; the node
     keeps ConvBN's {"conv", "bn"} tree, so `asc_jax.reparam` folds it like any other.
     """
-    layer = ConvBN(channels, channels, (1, 3), groups=channels, act=False, deploy=deploy, rngs=rngs)
+    layer = ConvBN(channels, channels, (1, 3), groups=channels, act=False, deploy=deploy,
+                   lowering=lowering, rngs=rngs)
     layer.conv = nnx.Conv(channels, channels, (1, 3), padding=((0, 0), (dilation, dilation)),
                           kernel_dilation=(1, dilation), feature_group_count=channels, use_bias=deploy,
                           kernel_init=conv_init, rngs=rngs)
@@ -93,8 +99,9 @@ def dilated_temporal_conv_bn(channels: int, dilation: int, *, deploy: bool, rngs
 class FreqConvSSN(nnx.Module):
     """Depthwise (3x1) frequency conv -> SubSpectralNorm; kept as is in deploy form."""
 
-    def __init__(self, channels: int, stride: int, sub_bands: int, *, rngs: nnx.Rngs):
-        self.conv = DepthwiseConv(channels, (3, 1), (stride, 1), use_bias=False, rngs=rngs)
+    def __init__(self, channels: int, stride: int, sub_bands: int, *, lowering: str, rngs: nnx.Rngs):
+        self.conv = DepthwiseConv(channels, (3, 1), (stride, 1), use_bias=False, lowering=lowering,
+                                  rngs=rngs)
         self.ssn = SubSpectralNorm(channels, sub_bands, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -104,11 +111,14 @@ class FreqConvSSN(nnx.Module):
 class BCResBlock(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, dilation: int,
                  config: BCResNetConfig, *, deploy: bool, rngs: nnx.Rngs):
+        lowering = config.conv_lowering
         self.transition = None if in_channels == out_channels else ConvBN(
-            in_channels, out_channels, 1, deploy=deploy, rngs=rngs)
-        self.freq = FreqConvSSN(out_channels, stride, config.sub_bands, rngs=rngs)
-        self.temporal = dilated_temporal_conv_bn(out_channels, dilation, deploy=deploy, rngs=rngs)
-        self.pointwise = PointwiseConv(out_channels, out_channels, use_bias=False, rngs=rngs)
+            in_channels, out_channels, 1, deploy=deploy, lowering=lowering, rngs=rngs)
+        self.freq = FreqConvSSN(out_channels, stride, config.sub_bands, lowering=lowering, rngs=rngs)
+        self.temporal = dilated_temporal_conv_bn(out_channels, dilation, deploy=deploy, lowering=lowering,
+                                                 rngs=rngs)
+        self.pointwise = PointwiseConv(out_channels, out_channels, use_bias=False, lowering=lowering,
+                                       rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, broadcast_dims=(1, 2), rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -133,7 +143,8 @@ class BCResNet(nnx.Module):
         n_stages = len(config.n_blocks)
         if len(c) != n_stages + 2 or min(c) < 1:
             raise ValueError(f"widths needs {n_stages + 2} positive entries (stem, stages, head), got {c}")
-        self.stem = ConvBN(config.in_channels, c[0], 5, config.stem_stride, deploy=deploy, rngs=rngs)
+        self.stem = ConvBN(config.in_channels, c[0], 5, config.stem_stride, deploy=deploy,
+                           lowering=config.conv_lowering, rngs=rngs)
         stages, in_c = [], c[0]
         for s, n in enumerate(config.n_blocks):
             blocks = []
@@ -147,7 +158,7 @@ class BCResNet(nnx.Module):
         # Classifier as in the reference: no frequency padding, so the 5x5 kernel sees 5 bands.
         self.head_dw = nnx.Conv(c[-2], c[-2], (5, 5), padding=((0, 0), (2, 2)), feature_group_count=c[-2],
                                 use_bias=False, kernel_init=conv_init, rngs=rngs)
-        self.head_pw = ConvBN(c[-2], c[-1], 1, deploy=deploy, rngs=rngs)
+        self.head_pw = ConvBN(c[-2], c[-1], 1, deploy=deploy, lowering=config.conv_lowering, rngs=rngs)
         self.fc = nnx.Linear(c[-1], config.n_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
@@ -164,13 +175,8 @@ class BCResNet(nnx.Module):
         return self.fc(aux["pre_logits"]), aux
 
 
-def _frozen(value: Any) -> Any:
-    """Lists (from config files / --set) -> tuples, so configs stay hashable for nnx graphdefs."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-@MODELS.register("bc_resnet")
+@register("bc_resnet", conv_lowering=True)
 def bc_resnet(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> BCResNet:
     """BC-ResNet-2 (base 16): 26,418 params / 29.6 MMACs on 256x63."""
-    config = BCResNetConfig(**{k: _frozen(v) for k, v in overrides.items()})
+    config = typed.make(BCResNetConfig, overrides, "bc_resnet option")
     return BCResNet(config, deploy=deploy, rngs=rngs)

@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.layers import ConvBN, conv_init
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 def kernel_sizes(rho: int, n_blocks: tuple[int, ...]) -> tuple[tuple[tuple[int, int], ...], ...]:
     """(k1, k2) per block per stage for receptive-field parameter `rho` (reference tables).
@@ -71,19 +72,23 @@ class CPResNetConfig:
     # Max-pool positions per stage: 0 = a 2x2 pool before the first block, b >= 1 = a frequency-only
     # (2x1) pool after block b; positions past the last block are ignored (reference: [0, 1, 2, 4]).
     pools: tuple[tuple[int, ...], ...] = ((0, 1, 2, 4), (), ())
+    # How depthwise and 1x1 convs are computed, "taps" or "xla" (layers.CONV_LOWERINGS): the same
+    # function either way. Fixed here; a training run records layers.default_lowering().
+    conv_lowering: str = "taps"
 
     def widths(self) -> tuple[int, int, int]:
         b, m = self.base_channels, self.channels_multiplier
         return b, int(round(b * m)) - self.cut_channels_s2, int(round(b * m * m)) - self.cut_channels_s3
 
 
-def stem_conv_bn(in_channels: int, out_channels: int, *, deploy: bool, rngs: nnx.Rngs) -> ConvBN:
+def stem_conv_bn(in_channels: int, out_channels: int, *, deploy: bool, lowering: str,
+                 rngs: nnx.Rngs) -> ConvBN:
     """5x5 stride-2 conv padded by 1 (not 2) as in the reference -> BN -> ReLU.
 
     ConvBN always pads to "same", so its conv is swapped for a plain nnx.Conv of that geometry; the
     node keeps ConvBN's {"conv", "bn"} tree, so `asc_jax.reparam` folds it like any other.
     """
-    layer = ConvBN(in_channels, out_channels, 5, 2, deploy=deploy, rngs=rngs)
+    layer = ConvBN(in_channels, out_channels, 5, 2, deploy=deploy, lowering=lowering, rngs=rngs)
     layer.conv = nnx.Conv(in_channels, out_channels, (5, 5), strides=(2, 2), padding=((1, 1), (1, 1)),
                           use_bias=deploy, kernel_init=conv_init, rngs=rngs)
     return layer
@@ -93,12 +98,14 @@ class BasicBlock(nnx.Module):
     """conv(k1)-BN-ReLU -> conv(k2)-BN, plus a 1x1 conv-BN shortcut where widths differ, ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernels: tuple[int, int], groups: int, *,
-                 deploy: bool, rngs: nnx.Rngs):
-        self.conv1 = ConvBN(in_channels, out_channels, kernels[0], groups=groups, deploy=deploy, rngs=rngs)
+                 deploy: bool, lowering: str, rngs: nnx.Rngs):
+        self.conv1 = ConvBN(in_channels, out_channels, kernels[0], groups=groups, deploy=deploy,
+                            lowering=lowering, rngs=rngs)
         self.conv2 = ConvBN(out_channels, out_channels, kernels[1], groups=groups, act=False,
-                            deploy=deploy, rngs=rngs)
+                            deploy=deploy, lowering=lowering, rngs=rngs)
         self.shortcut = None if in_channels == out_channels else ConvBN(
-            in_channels, out_channels, 1, groups=groups, act=False, deploy=deploy, rngs=rngs)
+            in_channels, out_channels, 1, groups=groups, act=False, deploy=deploy, lowering=lowering,
+            rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         y = self.conv2(self.conv1(x, train=train), train=train)
@@ -121,16 +128,19 @@ class CPResNet(nnx.Module):
         if len(config.groups) != 3 or len(config.pools) != 3:
             raise ValueError(
                 f"groups and pools need one entry per stage, got {config.groups}, {config.pools}")
-        self.stem = stem_conv_bn(config.in_channels, widths[0], deploy=deploy, rngs=rngs)
+        lowering = config.conv_lowering
+        self.stem = stem_conv_bn(config.in_channels, widths[0], deploy=deploy, lowering=lowering, rngs=rngs)
         stages, in_c = [], widths[0]
         for s, out_c in enumerate(widths):
             blocks = []
             for k in kernels[s]:
-                blocks.append(BasicBlock(in_c, out_c, k, config.groups[s], deploy=deploy, rngs=rngs))
+                blocks.append(BasicBlock(in_c, out_c, k, config.groups[s], deploy=deploy, lowering=lowering,
+                                         rngs=rngs))
                 in_c = out_c
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
-        self.head = ConvBN(widths[-1], config.n_classes, 1, act=False, deploy=deploy, rngs=rngs)
+        self.head = ConvBN(widths[-1], config.n_classes, 1, act=False, deploy=deploy, lowering=lowering,
+                           rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
         h = self.stem(x[..., None], train=train)  # (B, F, T) -> NHWC, frequency as H
@@ -149,13 +159,8 @@ class CPResNet(nnx.Module):
         return jnp.mean(self.head(h, train=train), axis=(1, 2)), aux
 
 
-def _frozen(value: Any) -> Any:
-    """Lists (from config files / --set) -> tuples, so configs stay hashable for nnx graphdefs."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-@MODELS.register("cp_resnet")
+@register("cp_resnet", conv_lowering=True)
 def cp_resnet(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> CPResNet:
     """CP-ResNet (DCASE2022 layout, base 24): 90,236 params / 28.9 MMACs on 256x63."""
-    config = CPResNetConfig(**{k: _frozen(v) for k, v in overrides.items()})
+    config = typed.make(CPResNetConfig, overrides, "cp_resnet option")
     return CPResNet(config, deploy=deploy, rngs=rngs)

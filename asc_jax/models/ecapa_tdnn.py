@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.layers import BN_EPS, BN_MOMENTUM
 from asc_jax.models.registry import MODELS
 
@@ -156,14 +157,9 @@ class ECAPATDNN(nnx.Module):
         return self.classifier(aux["pre_logits"]), aux
 
 
-def _frozen(value: Any) -> Any:
-    """Lists (from config files / --set) -> tuples, so configs stay hashable for nnx graphdefs."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 @MODELS.register("ecapa_tdnn")
 def ecapa_tdnn(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> ECAPATDNN:
     """ECAPA-TDNN (C=512) teacher: 6,249,994 params / 332 MMACs on 256x63."""
     if deploy:
         raise ValueError("ecapa_tdnn has no deploy form: its BatchNorms follow ReLUs, nothing folds")
-    return ECAPATDNN(ECAPATDNNConfig(**{k: _frozen(v) for k, v in overrides.items()}), rngs=rngs)
+    return ECAPATDNN(typed.make(ECAPATDNNConfig, overrides, "ecapa_tdnn option"), rngs=rngs)

@@ -3,6 +3,11 @@
 Layers are written so that the *training* form (conv without bias + BatchNorm) and the *deploy*
 form (one conv with bias) have predictable parameter trees: `asc_jax.reparam` folds the former
 into the latter as a pure function on those trees, and `asc_jax.prune` slices them.
+
+How depthwise and 1x1 convs are computed is a model option, `conv_lowering` (see
+`CONV_LOWERINGS`), never the backend seen while tracing: the graph that complexity counting,
+pruning and quantization trace is then the same on every machine, and the saved model.json says
+which lowering a model ran with. `default_lowering` picks the fast one for a new run.
 """
 from __future__ import annotations
 
@@ -40,13 +45,37 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
+# conv_lowering values. Both compute the same convolutions (up to float summation order) with
+# the same parameters, so a model may be saved with one and loaded with the other.
+#   "taps": DepthwiseConv as a sum of shifted slices (`depthwise_taps`), PointwiseConv as a matmul.
+#           XLA:CPU differentiates a grouped convolution through a generic loop ~10x slower than
+#           these elementwise ops, and a 1x1 convolution ~3x slower than the dot_general
+#           (benchmarks/train_step.py), which makes CPU training (CI, the demo) practical.
+#   "xla":  both as `lax.conv_general_dilated` (plain nnx.Conv), which GPUs and TPUs run on
+#           their convolution kernels.
+CONV_LOWERINGS = ("taps", "xla")
+
+
+def default_lowering() -> str:
+    """The conv_lowering a new run should record: "taps" on CPU, "xla" on an accelerator.
+
+    Called once per run by the code that fixes the model options (the training loop, through
+    `asc_jax.models.with_default_lowering`), never by a model: models take the option explicitly.
+    """
+    return "taps" if jax.default_backend() == "cpu" else "xla"
+
+
+def check_lowering(lowering: str) -> str:
+    if lowering not in CONV_LOWERINGS:
+        raise ValueError(f"unknown conv_lowering {lowering!r}; known: {CONV_LOWERINGS}")
+    return lowering
+
+
 def depthwise_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
     """Depthwise conv (odd kernel, "same" padding) as a sum of strided, shifted slices.
 
     Numerically the same convolution as `lax.conv_general_dilated(..., feature_group_count=C)`
-    (only the summation order differs). It exists for speed: XLA:CPU lowers the gradient of a
-    grouped convolution to a generic loop that is ~10x slower than these elementwise ops
-    (benchmarks/train_step.py), which makes CPU training (CI, the demo) impractical.
+    (only the summation order differs); the "taps" conv_lowering, fast to differentiate on CPU.
     """
     kh, kw = kernel.shape[:2]
     ph, pw = (kh - 1) // 2, (kw - 1) // 2
@@ -66,37 +95,40 @@ def depthwise_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) ->
 
 
 class DepthwiseConv(nnx.Conv):
-    """nnx.Conv with feature_group_count == channels, computed by `depthwise_taps` on CPU.
+    """nnx.Conv with feature_group_count == channels, computed as `lowering` says.
 
     Same parameters and tree as nnx.Conv (so fusion, pruning, conversion and MAC counting treat
-    it as a conv); only the lowering differs. On GPU/TPU the XLA convolution is used.
+    it as a conv); only the lowering differs: shifted slices ("taps") or XLA's grouped
+    convolution ("xla"), see `CONV_LOWERINGS`.
     """
 
     def __init__(self, channels: int, kernel: tuple[int, int], strides: tuple[int, int], *,
-                 use_bias: bool, rngs: nnx.Rngs):
+                 use_bias: bool, lowering: str, rngs: nnx.Rngs):
         super().__init__(channels, channels, kernel, strides=strides, padding=same_padding(kernel),
                          feature_group_count=channels, use_bias=use_bias, kernel_init=conv_init,
                          rngs=rngs)
+        self.lowering = check_lowering(lowering)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if jax.default_backend() != "cpu":
+        if self.lowering == "xla":
             return super().__call__(x)
         y = depthwise_taps(x, self.kernel[...], _pair(self.strides))
         return y + self.bias[...] if self.bias is not None else y
 
 
 class PointwiseConv(nnx.Conv):
-    """1x1, stride-1 nnx.Conv computed as a matmul over the channel axis.
+    """1x1, stride-1 nnx.Conv, computed as a matmul over the channel axis ("taps") or as XLA's
+    convolution ("xla"), see `CONV_LOWERINGS`. Same parameters as nnx.Conv."""
 
-    Same parameters as nnx.Conv. XLA:CPU runs the conv form's gradient ~3x slower than the
-    equivalent dot_general; accelerators lower both to the same GEMM.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, *, use_bias: bool, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, out_channels: int, *, use_bias: bool, lowering: str,
+                 rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, (1, 1), use_bias=use_bias, kernel_init=conv_init,
                          rngs=rngs)
+        self.lowering = check_lowering(lowering)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.lowering == "xla":
+            return super().__call__(x)
         y = jnp.einsum("...c,co->...o", x, self.kernel[0, 0])
         return y + self.bias[...] if self.bias is not None else y
 
@@ -105,7 +137,8 @@ class ConvBN(nnx.Module):
     """Conv2d -> BatchNorm -> optional ReLU; with `deploy=True` a single Conv2d with bias.
 
     Param tree: {"conv": {"kernel"}, "bn": {"scale", "bias", "mean", "var"}} in training form,
-    {"conv": {"kernel", "bias"}} in deploy form.
+    {"conv": {"kernel", "bias"}} in deploy form. `lowering` (the model's conv_lowering) applies
+    to depthwise and 1x1 stride-1 convs; other convs are always XLA convolutions.
     """
 
     def __init__(
@@ -118,13 +151,17 @@ class ConvBN(nnx.Module):
         groups: int = 1,
         act: bool = True,
         deploy: bool = False,
+        lowering: str,
         rngs: nnx.Rngs,
     ):
         kernel = _pair(kernel_size)
+        check_lowering(lowering)  # also where this conv does not use it: a typo fails everywhere
         if groups == in_channels == out_channels and groups > 1:
-            self.conv = DepthwiseConv(out_channels, kernel, _pair(stride), use_bias=deploy, rngs=rngs)
+            self.conv = DepthwiseConv(out_channels, kernel, _pair(stride), use_bias=deploy,
+                                      lowering=lowering, rngs=rngs)
         elif kernel == (1, 1) and _pair(stride) == (1, 1) and groups == 1:
-            self.conv = PointwiseConv(in_channels, out_channels, use_bias=deploy, rngs=rngs)
+            self.conv = PointwiseConv(in_channels, out_channels, use_bias=deploy, lowering=lowering,
+                                      rngs=rngs)
         else:
             self.conv = nnx.Conv(
                 in_channels,

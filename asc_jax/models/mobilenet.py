@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.layers import ConvBN, make_divisible
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 # MobileNetV3-Large's inverted-residual setting: (in, kernel, expanded, out, squeeze-excite,
 # activation, stride slot) per block, widths before scaling; stride slot i takes config.strides[i]
@@ -70,6 +71,9 @@ class MobileNetConfig:
     head: str = "mlp"  # "mlp" or "fully_convolutional".
     last_channel: int = 1280  # Hidden width of the mlp head before width scaling.
     dropout: float = 0.2  # Dropout in the mlp head.
+    # How depthwise and 1x1 convs are computed, "taps" or "xla" (layers.CONV_LOWERINGS): the same
+    # function either way. Fixed here; a training run records layers.default_lowering().
+    conv_lowering: str = "taps"
 
     def channels(self, c: int) -> int:
         return make_divisible(c * self.width_mult, 8)
@@ -91,12 +95,14 @@ class InvertedResidual(nnx.Module):
     def __init__(self, in_c: int, kernel: int, exp_c: int, out_c: int, use_se: bool, act: str,
                  stride: int, config: MobileNetConfig, *, deploy: bool, rngs: nnx.Rngs):
         self.act = ACTIVATIONS[act]
-        self.expand = None if exp_c == in_c else ConvBN(in_c, exp_c, 1, act=False, deploy=deploy, rngs=rngs)
+        lowering = config.conv_lowering
+        self.expand = None if exp_c == in_c else ConvBN(in_c, exp_c, 1, act=False, deploy=deploy,
+                                                        lowering=lowering, rngs=rngs)
         self.depthwise = ConvBN(exp_c, exp_c, kernel, stride, groups=exp_c, act=False, deploy=deploy,
-                                rngs=rngs)
+                                lowering=lowering, rngs=rngs)
         self.se = SqueezeExcitation(exp_c, make_divisible(exp_c // config.se_reduction, 8), rngs=rngs) \
             if use_se and config.use_se else None
-        self.project = ConvBN(exp_c, out_c, 1, act=False, deploy=deploy, rngs=rngs)
+        self.project = ConvBN(exp_c, out_c, 1, act=False, deploy=deploy, lowering=lowering, rngs=rngs)
         self.residual = stride == 1 and in_c == out_c
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -118,22 +124,23 @@ class MobileNet(nnx.Module):
             raise ValueError(f"unknown head {config.head!r}; known: {HEADS}")
         if any(a[3] != b[0] for a, b in zip(config.blocks, config.blocks[1:])):
             raise ValueError("blocks: each block's input width must be the previous block's output width")
-        ch = config.channels
+        ch, lowering = config.channels, config.conv_lowering
         self.stem = ConvBN(config.in_channels, ch(config.blocks[0][0]), 3, 2, act=False, deploy=deploy,
-                           rngs=rngs)
+                           lowering=lowering, rngs=rngs)
         self.blocks = nnx.List([
             InvertedResidual(ch(i), k, ch(e), ch(o), se, act, 1 if slot is None else config.strides[slot],
                              config, deploy=deploy, rngs=rngs)
             for i, k, e, o, se, act, slot in config.blocks])
         last_in = ch(config.blocks[-1][3])
-        self.last = ConvBN(last_in, 6 * last_in, 1, act=False, deploy=deploy, rngs=rngs)
+        self.last = ConvBN(last_in, 6 * last_in, 1, act=False, deploy=deploy, lowering=lowering, rngs=rngs)
         if config.head == "mlp":
             hidden = ch(config.last_channel)
             self.fc1 = nnx.Linear(6 * last_in, hidden, rngs=rngs)
             self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
             self.classifier = nnx.Linear(hidden, config.n_classes, rngs=rngs)
         else:
-            self.classifier = ConvBN(6 * last_in, config.n_classes, 1, act=False, deploy=deploy, rngs=rngs)
+            self.classifier = ConvBN(6 * last_in, config.n_classes, 1, act=False, deploy=deploy,
+                                     lowering=lowering, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
         h = jax.nn.hard_swish(self.stem(x[..., None], train=train))  # (B, F, T) -> NHWC
@@ -153,13 +160,8 @@ class MobileNet(nnx.Module):
         return logits, aux
 
 
-def _frozen(value: Any) -> Any:
-    """Lists (from config files / --set) -> tuples, so configs stay hashable for nnx graphdefs."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-@MODELS.register("mobilenet")
+@register("mobilenet", conv_lowering=True)
 def mobilenet(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> MobileNet:
     """EfficientAT MobileNetV3 mn06: 1,550,010 params / 29.2 MMACs on 256x63."""
-    config = MobileNetConfig(**{k: _frozen(v) for k, v in overrides.items()})
+    config = typed.make(MobileNetConfig, overrides, "mobilenet option")
     return MobileNet(config, deploy=deploy, rngs=rngs)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.registry import MODELS
 
 DEFAULT_VARIANT = "passt_s_swa_p16_128_ap476"
@@ -203,7 +204,7 @@ def passt_config(variant: str = DEFAULT_VARIANT, **overrides) -> PaSSTConfig:
     """The config of a released variant with field overrides (e.g. n_classes=10, depth=2)."""
     if variant not in VARIANTS:
         raise KeyError(f"unknown PaSST variant {variant!r}; known: {', '.join(sorted(VARIANTS))}")
-    return dataclasses.replace(VARIANTS[variant], **overrides)
+    return dataclasses.replace(VARIANTS[variant], **typed.checked(PaSSTConfig, overrides, "passt option"))
 
 
 @MODELS.register("passt")

@@ -5,15 +5,38 @@ log-mel batch (B, n_mels, n_frames).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from flax import nnx
 
+from asc_jax.models.layers import default_lowering
 from asc_jax.registry import Registry
 
 MODELS: Registry = Registry("model")
+# Registered models whose config has a `conv_lowering` field (the CNNs built from the convs of
+# `models.layers`), so that a run can fill in its default without building the model.
+CONV_LOWERING_MODELS: set[str] = set()
+
+
+def register(name: str, *, conv_lowering: bool = False) -> Callable:
+    """`MODELS.register(name)`; `conv_lowering=True` marks a model whose config takes that option."""
+    def decorator(builder: Callable) -> Callable:
+        MODELS.register(name)(builder)
+        if conv_lowering:
+            CONV_LOWERING_MODELS.add(name)
+        return builder
+
+    return decorator
 
 
 def build_model(name: str, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
     """Builds the registered model `name` with keyword overrides of its config."""
     return MODELS.get(name)(rngs=rngs, **kwargs)
+
+
+def with_default_lowering(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` with `conv_lowering` set to `layers.default_lowering()` where model `name` takes
+    it and `options` leave it open; call once per run, before the options are recorded."""
+    if name not in CONV_LOWERING_MODELS or "conv_lowering" in options:
+        return dict(options)
+    return {**options, "conv_lowering": default_lowering()}

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.layers import GRN, ConvBN, DepthwiseConv, avg_pool_3x3, make_divisible
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 # Training-time depthwise branches: name -> kernel (freq, time).
 BRANCH_KERNELS: Mapping[str, tuple[int, int]] = {
@@ -43,6 +44,9 @@ class RepMobileConfig:
     stem_channels: int | None = None  # Width of the first stem conv (default base // 4).
     stage_channels: tuple[int, ...] | None = None  # Output width of the stem and of each stage.
     expansion_channels: tuple[int, ...] | None = None  # Expanded width of each block.
+    # How depthwise and 1x1 convs are computed, "taps" or "xla" (layers.CONV_LOWERINGS): the same
+    # function either way. Fixed here; a training run records layers.default_lowering().
+    conv_lowering: str = "taps"
 
     def widths(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
         """(stem_channels, stage_channels (n_stages + 1), expansion_channels (n_blocks))."""
@@ -74,7 +78,7 @@ class RepDepthwise(nnx.Module):
     """
 
     def __init__(self, channels: int, stride: tuple[int, int], branches: tuple[str, ...], *,
-                 deploy: bool, rngs: nnx.Rngs):
+                 deploy: bool, lowering: str, rngs: nnx.Rngs):
         if not branches:
             raise ValueError("a depthwise layer needs at least one branch")
         unknown = set(branches) - set(BRANCH_KERNELS)
@@ -83,13 +87,14 @@ class RepDepthwise(nnx.Module):
         kernels = [BRANCH_KERNELS[b] for b in branches]
         self.kernel = (max(k[0] for k in kernels), max(k[1] for k in kernels))
         if deploy:
-            self.fused = DepthwiseConv(channels, self.kernel, stride, use_bias=True, rngs=rngs)
+            self.fused = DepthwiseConv(channels, self.kernel, stride, use_bias=True, lowering=lowering,
+                                       rngs=rngs)
             self.branches = None
         else:
             self.fused = None
             self.branches = nnx.Dict({
                 b: ConvBN(channels, channels, BRANCH_KERNELS[b], stride, groups=channels, act=False,
-                          rngs=rngs) for b in branches})
+                          lowering=lowering, rngs=rngs) for b in branches})
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if self.fused is not None:
@@ -104,10 +109,12 @@ class CPMobileBlock(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, exp_channels: int,
                  stride: tuple[int, int], branches: tuple[str, ...], *, use_grn: bool,
-                 deploy: bool, rngs: nnx.Rngs):
-        self.expand = ConvBN(in_channels, exp_channels, 1, deploy=deploy, rngs=rngs)
-        self.depthwise = RepDepthwise(exp_channels, stride, branches, deploy=deploy, rngs=rngs)
-        self.project = ConvBN(exp_channels, out_channels, 1, act=False, deploy=deploy, rngs=rngs)
+                 deploy: bool, lowering: str, rngs: nnx.Rngs):
+        self.expand = ConvBN(in_channels, exp_channels, 1, deploy=deploy, lowering=lowering, rngs=rngs)
+        self.depthwise = RepDepthwise(exp_channels, stride, branches, deploy=deploy, lowering=lowering,
+                                      rngs=rngs)
+        self.project = ConvBN(exp_channels, out_channels, 1, act=False, deploy=deploy, lowering=lowering,
+                              rngs=rngs)
         # As in the CPJKU code: a shortcut only where widths match; avg-pooled when strided.
         self.shortcut = in_channels == out_channels
         self.stride = stride
@@ -129,9 +136,10 @@ class RepMobile(nnx.Module):
                  rngs: nnx.Rngs):
         self.config = config
         stem_c, stage_c, exp_c = config.widths()
+        lowering = config.conv_lowering
         self.stem = nnx.List([
-            ConvBN(config.in_channels, stem_c, 3, 2, deploy=deploy, rngs=rngs),
-            ConvBN(stem_c, stage_c[0], 3, 2, deploy=deploy, rngs=rngs),
+            ConvBN(config.in_channels, stem_c, 3, 2, deploy=deploy, lowering=lowering, rngs=rngs),
+            ConvBN(stem_c, stage_c[0], 3, 2, deploy=deploy, lowering=lowering, rngs=rngs),
         ])
         strides = iter(config.block_strides())
         expansions = iter(exp_c)
@@ -142,10 +150,11 @@ class RepMobile(nnx.Module):
                 in_c = stage_c[s] if j == 0 else stage_c[s + 1]
                 blocks.append(CPMobileBlock(in_c, stage_c[s + 1], next(expansions), next(strides),
                                             config.branches, use_grn=config.use_grn, deploy=deploy,
-                                            rngs=rngs))
+                                            lowering=lowering, rngs=rngs))
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
-        self.head = ConvBN(stage_c[-1], config.n_classes, 1, act=False, deploy=deploy, rngs=rngs)
+        self.head = ConvBN(stage_c[-1], config.n_classes, 1, act=False, deploy=deploy, lowering=lowering,
+                           rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
         h = x[..., None]  # (B, F, T) -> NHWC with frequency as H
@@ -163,32 +172,29 @@ class RepMobile(nnx.Module):
         return logits, aux
 
 
-def _config(overrides: dict, **defaults) -> RepMobileConfig:
+def _config(name: str, overrides: dict, **defaults) -> RepMobileConfig:
     fields = {**defaults, **overrides}
-    if isinstance(fields.get("strides"), Mapping):
+    if isinstance(fields.get("strides"), Mapping):  # {"b2": (2, 2)} reads better in a config file
         fields["strides"] = tuple(sorted((k, tuple(v)) for k, v in fields["strides"].items()))
-    for key in ("n_blocks", "branches", "stage_channels", "expansion_channels"):
-        if fields.get(key) is not None:
-            fields[key] = tuple(fields[key])
-    return RepMobileConfig(**fields)
+    return typed.make(RepMobileConfig, fields, f"{name} option")
 
 
-@MODELS.register("rep_mobile")
+@register("rep_mobile", conv_lowering=True)
 def rep_mobile(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> RepMobile:
     """Rep-Mobile: 126,952 params / 28.9 MMACs on 256x63 at the defaults."""
-    return RepMobile(_config(overrides), deploy=deploy, rngs=rngs)
+    return RepMobile(_config("rep_mobile", overrides), deploy=deploy, rngs=rngs)
 
 
-@MODELS.register("cp_mobile")
+@register("cp_mobile", conv_lowering=True)
 def cp_mobile(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> RepMobile:
     """CP-Mobile: Rep-Mobile without the extra depthwise branches."""
-    return RepMobile(_config(overrides, branches=("3x3",)), deploy=deploy, rngs=rngs)
+    return RepMobile(_config("cp_mobile", overrides, branches=("3x3",)), deploy=deploy, rngs=rngs)
 
 
-@MODELS.register("dcase2024_baseline")
+@register("dcase2024_baseline", conv_lowering=True)
 def dcase2024_baseline(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> RepMobile:
     """The DCASE2024 Task 1 baseline: 61,148 params / 29.4 MMACs on 256x65 (hop 500)."""
     defaults = dict(base_channels=32, channels_multiplier=1.8, expansion_rate=2.1,
                     strides=(("b2", (1, 1)), ("b3", (1, 2)), ("b4", (2, 1))),
                     branches=("3x3",), use_grn=False)
-    return RepMobile(_config(overrides, **defaults), deploy=deploy, rngs=rngs)
+    return RepMobile(_config("dcase2024_baseline", overrides, **defaults), deploy=deploy, rngs=rngs)

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.layers import ConvBN
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +36,18 @@ class ResNet34Config:
     base_channels: int = 32  # m: stage widths are m, 2m, 4m, 8m (wespeaker m_channels).
     n_blocks: tuple[int, ...] = (3, 4, 6, 3)  # Basic blocks per stage (ResNet34).
     embed_dim: int = 256  # Embedding size before the classifier.
+    # How depthwise and 1x1 convs are computed, "taps" or "xla" (layers.CONV_LOWERINGS): the same
+    # function either way. Fixed here; a training run records layers.default_lowering().
+    conv_lowering: str = "taps"
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, in_c: int, out_c: int, stride: int, *, deploy: bool, rngs: nnx.Rngs):
-        self.conv1 = ConvBN(in_c, out_c, 3, stride, deploy=deploy, rngs=rngs)
-        self.conv2 = ConvBN(out_c, out_c, 3, act=False, deploy=deploy, rngs=rngs)
+    def __init__(self, in_c: int, out_c: int, stride: int, *, deploy: bool, lowering: str,
+                 rngs: nnx.Rngs):
+        self.conv1 = ConvBN(in_c, out_c, 3, stride, deploy=deploy, lowering=lowering, rngs=rngs)
+        self.conv2 = ConvBN(out_c, out_c, 3, act=False, deploy=deploy, lowering=lowering, rngs=rngs)
         self.shortcut = None if stride == 1 and in_c == out_c else ConvBN(
-            in_c, out_c, 1, stride, act=False, deploy=deploy, rngs=rngs)
+            in_c, out_c, 1, stride, act=False, deploy=deploy, lowering=lowering, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         y = self.conv2(self.conv1(x, train=train), train=train)
@@ -62,13 +67,15 @@ class ResNet34(nnx.Module):
                  rngs: nnx.Rngs):
         self.config = config
         m = config.base_channels
-        self.stem = ConvBN(config.in_channels, m, 3, deploy=deploy, rngs=rngs)
+        lowering = config.conv_lowering
+        self.stem = ConvBN(config.in_channels, m, 3, deploy=deploy, lowering=lowering, rngs=rngs)
         stages, in_c, freq = [], m, config.n_mels
         for s, n in enumerate(config.n_blocks):
             out_c, stride = m * 2**s, 1 if s == 0 else 2
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlock(in_c, out_c, stride if j == 0 else 1, deploy=deploy, rngs=rngs))
+                blocks.append(BasicBlock(in_c, out_c, stride if j == 0 else 1, deploy=deploy,
+                                         lowering=lowering, rngs=rngs))
                 in_c = out_c
             stages.append(nnx.List(blocks))
             freq = (freq - 1) // stride + 1  # 3x3 conv, padding 1
@@ -91,13 +98,8 @@ class ResNet34(nnx.Module):
         return self.classifier(aux["pre_logits"]), aux
 
 
-def _frozen(value: Any) -> Any:
-    """Lists (from config files / --set) -> tuples, so configs stay hashable for nnx graphdefs."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-@MODELS.register("resnet34")
+@register("resnet34", conv_lowering=True)
 def resnet34(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> ResNet34:
     """ResNet34 (m=32) teacher: 9,520,490 params / 4.63 GMACs on 256x63."""
-    config = ResNet34Config(**{k: _frozen(v) for k, v in overrides.items()})
+    config = typed.make(ResNet34Config, overrides, "resnet34 option")
     return ResNet34(config, deploy=deploy, rngs=rngs)

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.models.layers import ConvBN, PointwiseConv
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 # TF-SepNet-64 ("depth 17"): "N" = residual norm, "M" = 2x2 max-pool, a number = a TF-SepConvs
 # block with that many base_channels (the stem ends at 2 x base_channels).
@@ -48,6 +49,9 @@ class TFSepNetConfig:
     dropout: float = 0.1  # Dropout after each branch's 1x1 conv.
     norm: str = "adaresnorm"  # "adaresnorm" (learnt rho, gamma, beta) or "resnorm" (fixed lambda 0.1).
     shuffle: bool = True  # Channel shuffle before the split (groups = half the channels).
+    # How depthwise and 1x1 convs are computed, "taps" or "xla" (layers.CONV_LOWERINGS): the same
+    # function either way. Fixed here; a training run records layers.default_lowering().
+    conv_lowering: str = "taps"
 
 
 def _ifn(x: jax.Array, eps: float) -> jax.Array:
@@ -97,13 +101,13 @@ class TFSepConvs(nnx.Module):
                  deploy: bool, rngs: nnx.Rngs):
         if out_channels % 2:
             raise ValueError(f"TF-SepConvs needs an even width, got {out_channels}")
-        half, k = out_channels // 2, config.kernel_size
+        half, k, lowering = out_channels // 2, config.kernel_size, config.conv_lowering
         self.transition = None if in_channels == out_channels else ConvBN(
-            in_channels, out_channels, 1, deploy=deploy, rngs=rngs)
-        self.freq_dw = ConvBN(half, half, (k, 1), groups=half, deploy=deploy, rngs=rngs)
-        self.freq_pw = ConvBN(half, half, 1, deploy=deploy, rngs=rngs)
-        self.temp_dw = ConvBN(half, half, (1, k), groups=half, deploy=deploy, rngs=rngs)
-        self.temp_pw = ConvBN(half, half, 1, deploy=deploy, rngs=rngs)
+            in_channels, out_channels, 1, deploy=deploy, lowering=lowering, rngs=rngs)
+        self.freq_dw = ConvBN(half, half, (k, 1), groups=half, deploy=deploy, lowering=lowering, rngs=rngs)
+        self.freq_pw = ConvBN(half, half, 1, deploy=deploy, lowering=lowering, rngs=rngs)
+        self.temp_dw = ConvBN(half, half, (1, k), groups=half, deploy=deploy, lowering=lowering, rngs=rngs)
+        self.temp_pw = ConvBN(half, half, 1, deploy=deploy, lowering=lowering, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
         self.shuffle = config.shuffle
 
@@ -134,9 +138,10 @@ class TFSepNet(nnx.Module):
         unknown = [v for v in config.layout if isinstance(v, str) and v not in ("N", "M")]
         if unknown:
             raise ValueError(f"unknown layout entries {unknown}: use 'N', 'M' or a width multiple")
+        lowering = config.conv_lowering
         self.stem = nnx.List([
-            ConvBN(config.in_channels, b // 2, 3, 2, deploy=deploy, rngs=rngs),
-            ConvBN(b // 2, 2 * b, 3, 2, groups=b // 2, deploy=deploy, rngs=rngs),
+            ConvBN(config.in_channels, b // 2, 3, 2, deploy=deploy, lowering=lowering, rngs=rngs),
+            ConvBN(b // 2, 2 * b, 3, 2, groups=b // 2, deploy=deploy, lowering=lowering, rngs=rngs),
         ])
         layers, width = [], 2 * b
         for v in config.layout:
@@ -148,7 +153,7 @@ class TFSepNet(nnx.Module):
                 layers.append(TFSepConvs(width, int(v * b), config, deploy=deploy, rngs=rngs))
                 width = int(v * b)
         self.layers = nnx.List(layers)
-        self.head = PointwiseConv(width, config.n_classes, use_bias=True, rngs=rngs)
+        self.head = PointwiseConv(width, config.n_classes, use_bias=True, lowering=lowering, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
         h = x[..., None]  # (B, F, T) -> NHWC, frequency as H
@@ -171,13 +176,8 @@ class TFSepNet(nnx.Module):
         return jnp.mean(self.head(h), axis=(1, 2)), aux
 
 
-def _frozen(value: Any) -> Any:
-    """Lists (from config files / --set) -> tuples, so configs stay hashable for nnx graphdefs."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-@MODELS.register("tf_sepnet")
+@register("tf_sepnet", conv_lowering=True)
 def tf_sepnet(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> TFSepNet:
     """TF-SepNet-64 with AdaResNorm: 128,586 params / 14.8 MMACs on 256x63."""
-    config = TFSepNetConfig(**{k: _frozen(v) for k, v in overrides.items()})
+    config = typed.make(TFSepNetConfig, overrides, "tf_sepnet option")
     return TFSepNet(config, deploy=deploy, rngs=rngs)

@@ -15,7 +15,8 @@ unites the axes that must stay the same size and aligned:
     unites input, kernel-out and output features; dot_general does the same for Linear layers.
     A group is a channel space some weight *produces*: a conv/dot output axis in the trace, or
     the out-axis of an nnx.Conv/nnx.Linear kernel (read from the modules, so that a layer that
-    lowers its conv differently, like layers.DepthwiseConv on CPU, still counts as a producer);
+    lowers its conv without a conv, like layers.DepthwiseConv with conv_lowering "taps", still
+    counts as a producer: the groups are the same for every lowering);
   * reductions over an axis (means over channels, as in GRN) and windows that span an axis are
     recorded as *cross-channel* notes: the group can still be sliced, but a masked wide model is
     then no longer guaranteed to compute the same function as the sliced narrow one (see
@@ -369,8 +370,9 @@ def _kernel_out_axes(model: nnx.Module) -> set[Member]:
     """Output-channel axes of Conv/Linear kernels (flax layout: (..., in, out)).
 
     Read from the modules because the trace alone may not show them: a layer may lower its
-    conv differently (layers.DepthwiseConv uses shifted slices on CPU), yet its kernel's last
-    axis still produces the channels of its group and must count for L1 importance.
+    conv differently (layers.DepthwiseConv uses shifted slices with conv_lowering "taps"), yet
+    its kernel's last axis still produces the channels of its group and must count for L1
+    importance.
     """
     return {(tuple(path) + ("kernel",), len(m.kernel.shape) - 1) for path, m in nnx.iter_modules(model)
             if isinstance(m, (nnx.Conv, nnx.ConvTranspose, nnx.Linear))}
