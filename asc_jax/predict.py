@@ -24,7 +24,8 @@
 * A missing, unreadable, corrupt or empty file (or a directory without audio) gets one line
   `error: <path>: <reason>` on stderr and the batch goes on. Exit status: 0 when every input was
   predicted, 1 when any failed (output.csv then lists the others; it is not written when none
-  succeeded), 2 for command-line errors.
+  succeeded), 2 for command-line errors. A missing or damaged model (`checkpoint.CorruptModelError`)
+  is one `error: ...` line naming the directory and the damaged file or array, and exit status 1.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from flax import nnx
 
 from asc_jax import evaluate
 from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax.checkpoint import CorruptModelError
 from asc_jax.data import tau
 from asc_jax.quantize import load_any
 
@@ -204,7 +206,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not 0.0 < args.min_last_window <= 1.0:
         parser.error("--min-last-window must be in (0, 1]")
 
-    pred = predict_files(args.checkpoint, args.inputs, batch_size=args.batch_size, min_last=args.min_last_window)
+    try:
+        pred = predict_files(args.checkpoint, args.inputs, batch_size=args.batch_size,
+                             min_last=args.min_last_window)
+    except (CorruptModelError, FileNotFoundError) as err:  # the model, not an input: nothing to predict with
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for error in pred.errors:
         print(error, file=sys.stderr)
     if pred.filenames:

@@ -26,9 +26,10 @@ qwix.PtqProvider([qwix.QuantizationRule(weight_qtype=jnp.int8, act_qtype=jnp.int
 only the two stem convs (2,376 of 124,862 parameters). qwix intercepts calls to
 `jax.lax.conv_general_dilated`, `jax.lax.dot_general` and `jnp.einsum` and recognises a weight by
 finding the operand among the calling module's nnx.Params, and
-  * `DepthwiseConv` on CPU computes its taps with elementwise multiplies (no conv to intercept),
-  * `PointwiseConv` contracts `kernel[0, 0]`, a new array in the eager call that `quantize_model`
-    makes, so qwix takes it for an activation and the float kernel stays in the model;
+  * `DepthwiseConv` with conv_lowering "taps" (the CPU default) computes its taps with
+    elementwise multiplies (no conv to intercept),
+  * `PointwiseConv` with "taps" contracts `kernel[0, 0]`, a new array in the eager call that
+    `quantize_model` makes, so qwix takes it for an activation and the float kernel stays in the model;
 moreover its PTQ conv path quantizes activations with dynamic per-example scales (static ranges
 need the QT provider's moving-average statistics), and its symmetric int8 code uses the bound
 127.5 with a saturating cast (codes -128..127), not the -127..127 per-channel convention above.
@@ -49,17 +50,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from flax.nnx.nn.linear import canonicalize_padding
 
 from asc_jax import evaluate
 from asc_jax.audio.features import MelConfig, log_mel
-from asc_jax.checkpoint import load_model, read_spec
+from asc_jax.checkpoint import load_model, read_spec, read_weights, write_model
 from asc_jax.complexity import DCASE_MAX_PARAM_BYTES
 from asc_jax.data import pipeline, tau
 from asc_jax.models.layers import DepthwiseConv, PointwiseConv, depthwise_taps
-from asc_jax.surgery import check_tree_match, flatten
+from asc_jax.surgery import flatten
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,10 @@ class WeightScale(nnx.Variable):
 class ConvSpec:
     """How a quantized conv computes: the static part of the nnx.Conv it replaces."""
 
-    kind: str  # "depthwise" (DepthwiseConv), "pointwise" (PointwiseConv) or "conv" (other nnx.Conv)
+    # How the replaced layer lowers (its model's conv_lowering, layers.CONV_LOWERINGS): "taps"
+    # (DepthwiseConv as shifted slices), "matmul" (PointwiseConv) or "conv" (XLA convolution:
+    # any other nnx.Conv, and both of those with conv_lowering "xla").
+    kind: str
     strides: tuple[int, int]
     padding: Any  # lax padding: "SAME" / "VALID" or ((lo, hi), (lo, hi))
     groups: int
@@ -200,16 +203,17 @@ class ConvSpec:
         if unsupported:
             raise ValueError(f"cannot quantize a conv with {', '.join(unsupported)}")
         strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides or (1, 1))
-        kind = ("depthwise" if isinstance(conv, DepthwiseConv)
-                else "pointwise" if isinstance(conv, PointwiseConv) else "conv")
+        taps = getattr(conv, "lowering", None) == "taps"
+        kind = ("taps" if taps and isinstance(conv, DepthwiseConv)
+                else "matmul" if taps and isinstance(conv, PointwiseConv) else "conv")
         padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
         return cls(kind, strides, padding, int(conv.feature_group_count))
 
     def apply(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         """The conv without bias, lowered as the replaced layer lowers it."""
-        if self.kind == "pointwise":
+        if self.kind == "matmul":
             return jnp.einsum("...c,co->...o", x, kernel[0, 0])
-        if self.kind == "depthwise" and jax.default_backend() == "cpu":
+        if self.kind == "taps":
             return depthwise_taps(x, kernel, self.strides)
         return jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -584,15 +588,9 @@ def save_quantized(directory: str | Path, model: nnx.Module, spec: Mapping[str, 
         raise ValueError("save_quantized expects an int8 model (from quantize or convert_qat)")
     if not spec.get("model", {}).get("deploy"):
         raise ValueError("spec must describe the deploy model (model.json with model.deploy = true)")
-    directory = Path(directory).absolute()
     payload = {**spec, **extra, "quantization": {"form": "int8", "config": dataclasses.asdict(cfg),
                                                  "memory": memory_report(model).as_dict()}}
-    text = json.dumps(payload, indent=2)
-    directory.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / "weights", nnx.to_pure_dict(nnx.state(model, QUANT_STATE)), force=True)
-    (directory / "model.json").write_text(text)
-    return directory
+    return write_model(directory, nnx.to_pure_dict(nnx.state(model, QUANT_STATE)), payload)
 
 
 def load_quantized(directory: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
@@ -611,15 +609,9 @@ def load_quantized(directory: str | Path, *, seed: int = 0) -> tuple[nnx.Module,
         return quantize(deploy, zeros, cfg)
 
     model = nnx.eval_shape(build)
-    weights = Path(directory).absolute() / "weights"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing: {directory} holds no saved asc-jax model")
     state = nnx.state(model, QUANT_STATE)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
-    with ocp.StandardCheckpointer() as ckptr:
-        check_tree_match(ckptr.metadata(weights).item_metadata.tree, target, what=f"restoring {weights}")
-        restored = ckptr.restore(weights, target)
-    nnx.replace_by_pure_dict(state, restored)
+    nnx.replace_by_pure_dict(state, read_weights(directory, target))
     nnx.update(model, state)
     nnx.update(model, jax.jit(lambda: nnx.state(build(), nnx.Not(QUANT_STATE)))())
     return model, spec

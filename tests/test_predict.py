@@ -10,10 +10,10 @@ import soundfile as sf
 
 from asc_jax import predict as P
 from asc_jax import quantize as Q
-from asc_jax.checkpoint import load_model, save_model
+from asc_jax.checkpoint import load_model
 from asc_jax.data import tau
 from asc_jax.data.tau import CLASSES
-from tests.test_quantize import MEL, TINY, logits_fn, mels_of, scene_audio, tiny_deploy
+from tests.test_quantize import MEL, TINY, logits_fn, mels_of, save_tiny_deploy, scene_audio
 
 BATCH = 4
 
@@ -21,9 +21,7 @@ BATCH = 4
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    model = tiny_deploy(2)
-    save_model(root / "deploy", model, name="rep_mobile", options=TINY, deploy=True,
-               mel=dataclasses.asdict(MEL), class_names=list(CLASSES))
+    model = save_tiny_deploy(root / "deploy")
     # Inputs at several sample rates, lengths, channel counts and formats, plus bad ones.
     inputs = root / "in"
     (inputs / "sub" / "deeper").mkdir(parents=True)

@@ -57,6 +57,14 @@ def logits_fn(model):
     return lambda x: chunked(lambda c: _forward(graphdef, state, c)[0], x)
 
 
+def save_tiny_deploy(directory, seed: int = 2) -> nnx.Module:
+    """`tiny_deploy(seed)` saved as a float deploy model in `directory`; returns the model."""
+    model = tiny_deploy(seed)
+    save_model(directory, model, name="rep_mobile", options=TINY, deploy=True,
+               mel=dataclasses.asdict(MEL), class_names=list(tau.CLASSES))
+    return model
+
+
 def tiny_deploy(seed: int = 0, options: dict = TINY) -> nnx.Module:
     """A random deploy-form (fused, BN-free) Rep-Mobile standing in for a trained one.
 
@@ -165,14 +173,33 @@ def test_fake_quant_weight_is_straight_through():
 
 
 def test_conv_spec_lowerings_agree():
-    """The quantized depthwise conv uses `depthwise_taps` on CPU and a grouped XLA convolution
-    elsewhere (as DepthwiseConv does); both must compute the same conv, stride included."""
+    """A quantized conv computes as the layer it replaces lowers ("taps": shifted slices, "matmul":
+    1x1 as a matmul, "conv": XLA); all must compute the same conv, stride included."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 9, 7, 6)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 6)), jnp.float32)
-    taps = Q.ConvSpec("depthwise", (2, 1), ((1, 1), (1, 1)), 6)
+    taps = Q.ConvSpec("taps", (2, 1), ((1, 1), (1, 1)), 6)
     grouped = dataclasses.replace(taps, kind="conv")
     np.testing.assert_allclose(jax.jit(taps.apply)(x, kernel), jax.jit(grouped.apply)(x, kernel), atol=1e-5)
+    kernel = jnp.asarray(rng.normal(size=(1, 1, 6, 4)), jnp.float32)
+    matmul = Q.ConvSpec("matmul", (1, 1), ((0, 0), (0, 0)), 1)
+    dense = dataclasses.replace(matmul, kind="conv")
+    np.testing.assert_allclose(jax.jit(matmul.apply)(x, kernel), jax.jit(dense.apply)(x, kernel), atol=1e-5)
+
+
+def test_quantized_model_follows_the_conv_lowering_option(setup, monkeypatch):
+    """The same int8 model under both conv_lowering values: specs follow the option (not the
+    backend), and the logits agree up to float summation order (measured: identical here, the
+    float models differ by 3e-6; the tolerance leaves room for a rare rounding flip of a
+    fake-quantized conv input, one quantization step, on logits of spread ~2)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    model = setup["model"]
+    xla = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: build_model(
+        "rep_mobile", deploy=True, rngs=nnx.Rngs(0), conv_lowering="xla", **TINY))), nnx.state(model))
+    q_xla = Q.quantize(xla, setup["ranges"])
+    kinds = lambda m: {c.spec.kind for c in Q.conv_layers(m).values()}
+    assert kinds(setup["qmodel"]) == {"taps", "matmul", "conv"} and kinds(q_xla) == {"conv"}
+    np.testing.assert_allclose(logits_fn(q_xla)(setup["test"]), setup["int8_logits"], atol=1e-3)
 
 
 def test_config_validation():
