@@ -12,6 +12,12 @@ bands sampled for another mel resolution are converted exactly, see
 ``augment.freq_mask_edges``). Freq-MixStyle couples the examples of a batch, so it is not part of
 a store: the student applies it fresh on top of the replayed input.
 
+A store is only usable by a student whose ``config.augment`` equals the store's augmentation
+(``store_augment``: all but Freq-MixStyle). ``StoreExtras`` refuses any other
+(``check_augment``): the student would silently drop stored parameters its config disables, or
+sample fresh ones the teachers never saw for augmentations the store lacks. Precompute a store
+from the student's own config file (``python -m asc_jax.teachers precompute --config ...``).
+
 Store layout (a directory, written atomically):
 
   header.json      format, version, n_clips, n_views, teacher_names, class_names, meta (frontend,
@@ -39,6 +45,7 @@ import numpy as np
 import optax
 
 import asc_jax
+from asc_jax.audio import augment
 from asc_jax.registry import Registry
 
 STORE_FORMAT = "asc_jax.teacher_store"
@@ -434,6 +441,35 @@ class TeacherStore:
             )
         self.rows(filenames)
 
+    def check_augment(self, student: augment.AugmentConfig) -> None:
+        """Raise unless the student's augmentation is the one the store was computed under.
+
+        Raises:
+          StoreError: naming every differing augmentation with the store's and the student's
+            setting (see ``augment_mismatch``), or a store whose parameter arrays disagree with
+            its own header.
+        """
+        recorded = self.meta.get("augment")
+        try:
+            if not isinstance(recorded, dict):
+                raise TypeError("not a dict")
+            differences = augment_mismatch(recorded, student)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"teacher store {self.path}: unreadable meta['augment'] {recorded!r}: {e}") from None
+        if differences:
+            raise StoreError(
+                f"teacher store {self.path} was computed under other augmentations than the "
+                f"student's config.augment: {'; '.join(differences)}. The student must replay what "
+                "the teachers saw: use the store's settings, or rebuild the store from the "
+                "student's config (python -m asc_jax.teachers precompute --config ...). "
+                "Freq-MixStyle is exempt: the student applies it fresh."
+            )
+        stored = store_augment(augment.config_from_dict(recorded))
+        enabled = {f.name for f in dataclasses.fields(stored) if getattr(stored, f.name) is not None}
+        if enabled != set(self.aug):
+            raise StoreError(f"teacher store {self.path}: header augmentations {sorted(enabled)} but "
+                             f"stored parameters for {sorted(self.aug)}")
+
     def lookup(
         self,
         keys: Sequence[str] | Sequence[int] | np.ndarray,
@@ -528,6 +564,59 @@ def read_store(path: str | os.PathLike, *, check_finite: bool = True) -> Teacher
         _check_finite(logits, filenames, header["teacher_names"], f"teacher store {path}")
     aug = _unflatten_params({key[len("aug."):]: a for key, a in arrays.items()})
     return TeacherStore(path, header, filenames, logits, aug, {f: i for i, f in enumerate(filenames)})
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation a store holds
+# ----------------------------------------------------------------------------------------------
+def _stored_per_clip(name: str) -> bool:
+    """Whether augmentation ``name`` is stored per clip (MixStyle couples a batch: never)."""
+    return augment.AUGMENTATIONS.get(name).per_example
+
+
+def store_augment(cfg: augment.AugmentConfig) -> augment.AugmentConfig:
+    """The part of a training config's augmentation that a store samples and replays: ``cfg``
+    with the augmentations that couple a batch (Freq-MixStyle) disabled."""
+    return dataclasses.replace(cfg, **{f.name: None for f in dataclasses.fields(cfg)
+                                       if not _stored_per_clip(f.name)})
+
+
+def _describe_setting(sub: Any) -> str:
+    return "None (disabled)" if sub is None else repr(sub)
+
+
+def augment_mismatch(stored: Mapping[str, Any], student: augment.AugmentConfig) -> list[str]:
+    """How a store's augmentation differs from a student's, one line per difference.
+
+    Every augmentation a store replays is compared field by field: the roll (its stored shift
+    replaces the host's fresh roll, so its bound and rate must be the student's) and the
+    frequency mask (bound, resolution and mask value). Augmentations that couple a batch
+    (Freq-MixStyle) are never stored and are left out of the comparison.
+
+    Args:
+      stored: a store's ``meta["augment"]`` (``augment.config_to_dict``).
+      student: the student's ``config.augment``.
+
+    Returns:
+      e.g. ``["freq_mask: store FreqMaskConfig(mask_param=48, ...), student None (disabled)",
+      "roll.max_shift_s: store 0.125, student 0.25"]``; empty when they agree.
+    """
+    store_cfg = augment.config_from_dict(dict(stored))
+    out = []
+    for field in dataclasses.fields(student):
+        if not _stored_per_clip(field.name):
+            continue
+        have, want = getattr(store_cfg, field.name), getattr(student, field.name)
+        if have == want:
+            continue
+        if have is None or want is None:
+            out.append(f"{field.name}: store {_describe_setting(have)}, student {_describe_setting(want)}")
+            continue
+        for sub in dataclasses.fields(want):
+            a, b = getattr(have, sub.name), getattr(want, sub.name)
+            if a != b:
+                out.append(f"{field.name}.{sub.name}: store {a!r}, student {b!r}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -628,13 +717,20 @@ class StoreExtras:
     The pipeline must feed the student the input these parameters describe (e.g. roll by
     ``aug["roll"]["shift"]`` instead of a fresh host roll).
 
+    Building the hook checks the store against the student: every clip and the class order
+    (``TeacherStore.check_dataset``), and the augmentation (``TeacherStore.check_augment``:
+    ``augment`` is the student's ``config.augment``, which must equal the store's apart from
+    Freq-MixStyle).
+
     The store is opened lazily in each process (memory maps do not pickle into grain workers).
     """
 
     def __init__(self, store: str | os.PathLike | TeacherStore, filenames: Sequence[str],
-                 class_names: Sequence[str], teachers: str | Sequence[str] | None = None):
+                 class_names: Sequence[str], teachers: str | Sequence[str] | None = None, *,
+                 augment: augment.AugmentConfig):
         opened = store if isinstance(store, TeacherStore) else read_store(store)
         opened.check_dataset(filenames, class_names)
+        opened.check_augment(augment)
         self.path = opened.path
         self._rows = opened.rows(list(filenames))
         self._n_views = opened.n_views

@@ -15,9 +15,17 @@ resolution (``augment.freq_mask_bins``), run the model in inference mode.
 
 Command line (writes the store atomically, see ``distill.write_store``):
 
-  python -m asc_jax.teachers precompute --data ROOT --split 25 \
+  python -m asc_jax.teachers precompute --config configs/kd_tau.py:split=25 \
+      [--set data.root=/path/to/TAU22 ...] \
       --teacher runs/passt_s25_1 --teacher s2=runs/passt_s25_2/deploy --teacher runs/cpr_s25 \
-      --views 8 --seed 0 --out stores/split25 [--batch-size 64]
+      --views 8 [--seed 0] [--out stores/split25] [--batch-size 64]
+
+``--config`` / ``--set`` are the student's, exactly as given to ``train.py``: the store samples
+the student's ``config.augment`` (without Freq-MixStyle, which the student applies fresh), holds
+the clips of its ``data.train_split`` under ``data.root`` (bad clips handled as
+``data.on_error`` says), and is written to its ``kd.store`` unless ``--out`` says otherwise; the
+seed defaults to the config's. The student refuses a store whose augmentation differs from its
+own (``distill.StoreExtras``).
 
 Teachers are trained with ``train.py`` (a bigger model config) or converted with
 ``convert_weights.py``; nothing here trains.
@@ -38,20 +46,21 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from asc_jax import distill
+from asc_jax import distill, setup_logging
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig, log_mel
 from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
 from asc_jax.checkpoint import load_model, read_spec
+from asc_jax.config import Config, load_config, override
 from asc_jax.data import pipeline, tau
 from asc_jax.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# What a store samples by default: the student recipe's per-clip augmentations (roll <= 125 ms,
-# one frequency band <= 48 of 256 bins). Freq-MixStyle couples a batch, so it is never stored:
-# the student applies it fresh (see asc_jax.distill).
-STORE_AUGMENT = augment.AugmentConfig(mixstyle=None)
+# The store part of the default training recipe (config.augment's defaults): roll <= 125 ms, one
+# frequency band <= 48 of 256 bins. Freq-MixStyle couples a batch, so it is never stored: the
+# student applies it fresh (see asc_jax.distill). Precompute takes the student's own config.
+STORE_AUGMENT = distill.store_augment(augment.AugmentConfig())
 
 _TAG = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 
@@ -272,13 +281,12 @@ def fixed_batch(fn: distill.TeacherFn, batch_size: int) -> distill.TeacherFn:
 # ----------------------------------------------------------------------------------------------
 # Precompute
 # ----------------------------------------------------------------------------------------------
-def clip_batches(root: str | Path, clips: Sequence[tau.Clip], batch_size: int, *,
-                 sr: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(filenames, waves (b, n_samples)) over ``clips`` in order; the last batch may be short."""
-    source = pipeline.ClipSource(clips, root, sr=sr, cache=False)
+def clip_batches(source: pipeline.ClipSource, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(filenames, waves (b, n_samples)) over the source's clips in order; the last batch may be
+    short."""
     for batch in pipeline.eval_batches(source, batch_size):
         keep = batch["mask"]
-        yield [clips[i].filename for i in batch["index"][keep]], batch["audio"][keep]
+        yield [source.clips[i].filename for i in batch["index"][keep]], batch["audio"][keep]
 
 
 def parse_teacher_arg(arg: str) -> tuple[str | None, str]:
@@ -288,29 +296,29 @@ def parse_teacher_arg(arg: str) -> tuple[str | None, str]:
 
 
 def precompute_store(
-    out: str | Path,
+    out: str | Path | None,
     *,
-    data_root: str | Path,
-    split: str,
+    config: Config,
     teachers: Sequence[str | Path | tuple[str | None, str | Path]],
     n_views: int,
-    seed: int,
-    aug_cfg: augment.AugmentConfig = STORE_AUGMENT,
+    seed: int | None = None,
     batch_size: int = 64,
     overwrite: bool = False,
     progress: bool = True,
 ) -> distill.TeacherStore:
-    """Runs the teachers over a split's clips under ``n_views`` sampled augmentations and writes
-    a teacher-logit store at ``out`` (``distill.precompute``).
+    """Runs the teachers over the student's training clips under ``n_views`` sampled
+    augmentations and writes a teacher-logit store (``distill.precompute``).
 
     Args:
-      out: store directory (written atomically).
-      data_root: dataset root in TAU layout.
-      split: the training split the student will use ("5" ... "100"); the store holds its clips.
+      out: store directory (written atomically); None: the config's ``kd.store``.
+      config: the student's training config. Its ``augment`` is what the store samples
+        (``distill.store_augment``: without Freq-MixStyle); its ``data`` section names the
+        dataset (generated first if ``data.generate``), the training split whose clips the
+        store holds, and how bad clips are handled (``data.on_error``), as in training.
       teachers: saved model dirs, or (tag, dir) pairs (tag None = the directory's name).
       n_views: augmented views per clip.
-      seed: view ``v`` of clip ``i`` samples with ``distill.view_keys(seed, [i], v)``.
-      aug_cfg: the per-clip augmentations to sample (no MixStyle).
+      seed: view ``v`` of clip ``i`` samples with ``distill.view_keys(seed, [i], v)``; None:
+        the config's seed.
       batch_size: clips per teacher call.
       overwrite: replace an existing store.
       progress: show a progress bar.
@@ -318,6 +326,12 @@ def precompute_store(
     Returns:
       The written store.
     """
+    out = out if out is not None else config.kd.store
+    if not out:
+        raise ValueError("no store directory: the config's kd.store is empty, pass out (--out)")
+    seed = config.seed if seed is None else seed
+    aug_cfg = distill.store_augment(config.augment)
+    split = config.data.train_split
     pairs = [t if isinstance(t, tuple) else (None, t) for t in teachers]
     if not pairs:
         raise ValueError("precompute needs at least one teacher")
@@ -336,59 +350,56 @@ def precompute_store(
     if aug_cfg.roll is not None and aug_cfg.roll.sr != sr:
         raise ValueError(f"roll shifts are counted at {aug_cfg.roll.sr} Hz, the teachers run at {sr} Hz")
 
-    clips = tau.load_split(data_root, split)
+    data_root = pipeline.dataset_root(config.data.root, generate=config.data.generate,
+                                      synthetic_params=config.data.synthetic)
+    opened = pipeline.load_split_source(data_root, split, sr=sr, cache=False, on_error=config.data.on_error)
     fns = {t.name: fixed_batch(make_apply(t, aug_cfg), batch_size) for t in loaded}
-    batches = clip_batches(data_root, clips, batch_size, sr=sr)
+    batches = clip_batches(opened.source, batch_size)
     if progress:
-        batches = tqdm(batches, total=-(-len(clips) // batch_size), desc="teachers", unit="batch")
-    log.info("precomputing %d views of %d clips (split %s) with %s", n_views, len(clips), split,
+        batches = tqdm(batches, total=-(-len(opened.source) // batch_size), desc="teachers", unit="batch")
+    log.info("precomputing %d views of %d clips (split %s) with %s", n_views, len(opened.source), split,
              ", ".join(fns))
     meta = {
         "frontend": {t.name: t.frontend.describe() for t in loaded},
         "augment": augment.config_to_dict(aug_cfg),
         "teachers": {t.name: {"dir": str(t.directory), "model": t.spec["model"]} for t in loaded},
-        "data": {"root": str(Path(data_root).absolute()), "split": str(split), "sample_rate": sr},
+        "data": {"root": str(Path(data_root).absolute()), "split": str(split), "sample_rate": sr,
+                 "on_error": config.data.on_error, "skipped": [s.filename for s in opened.skipped]},
     }
     return distill.precompute(out, teachers=fns, batches=batches, n_views=n_views,
                               sample_aug=augment.example_sampler(aug_cfg), seed=seed,
                               class_names=tau.CLASSES, meta=meta, overwrite=overwrite)
 
 
-def _store_augment(args: argparse.Namespace) -> augment.AugmentConfig:
-    roll = augment.RollConfig(max_shift_s=args.max_roll_ms / 1000.0) if args.max_roll_ms > 0 else None
-    freq_mask = (augment.FreqMaskConfig(mask_param=args.freq_mask_param, n_mels=args.freq_mask_n_mels)
-                 if args.freq_mask_param > 0 else None)
-    return augment.AugmentConfig(roll=roll, freq_mask=freq_mask, mixstyle=None)
-
-
 def main(argv: Sequence[str] | None = None) -> distill.TeacherStore:
     parser = argparse.ArgumentParser(prog="python -m asc_jax.teachers",
                                      description="Teacher-logit stores for knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("precompute", help="run teachers over a split and write a teacher-logit store")
-    p.add_argument("--data", required=True, help="dataset root in TAU layout (meta.csv, split csvs)")
-    p.add_argument("--split", required=True, choices=[s for s in tau.SPLITS if s != "test"],
-                   help="training split the student uses")
+    p = sub.add_parser("precompute", help="run teachers over the student's training split and write "
+                                          "a teacher-logit store")
+    p.add_argument("--config", required=True, metavar="configs/x.py[:variant]",
+                   help="the student's config, as given to train.py: its augment (without "
+                        "Freq-MixStyle) is sampled, its data.root / data.train_split are read, "
+                        "its kd.store is the default --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="the student's config overrides, as given to train.py (e.g. data.root=...)")
     p.add_argument("--teacher", action="append", required=True, metavar="[TAG=]DIR",
                    help="saved model dir or train.py workdir; named <arch>-<TAG> (TAG defaults to "
                         "the directory's name). Repeat for an ensemble.")
     p.add_argument("--views", type=int, required=True, help="augmented views per clip")
-    p.add_argument("--seed", type=int, required=True, help="seed of the sampled augmentations")
-    p.add_argument("--out", required=True, help="store directory, e.g. stores/split25")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the sampled augmentations (default: the config's seed)")
+    p.add_argument("--out", default=None, help="store directory (default: the config's kd.store)")
     p.add_argument("--batch-size", type=int, default=64, help="clips per teacher call")
-    p.add_argument("--max-roll-ms", type=float, default=STORE_AUGMENT.roll.max_shift_s * 1000.0,
-                   help="largest waveform roll either way (0 disables)")
-    p.add_argument("--freq-mask-param", type=int, default=STORE_AUGMENT.freq_mask.mask_param,
-                   help="frequency mask width bound in bins (0 disables)")
-    p.add_argument("--freq-mask-n-mels", type=int, default=STORE_AUGMENT.freq_mask.n_mels,
-                   help="mel resolution the masks are sampled for (the student's n_mels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging("%(message)s")
+    config = load_config(args.config)
+    for assignment in args.set:
+        config = override(config, assignment)
     store = precompute_store(
-        args.out, data_root=args.data, split=args.split,
-        teachers=[parse_teacher_arg(t) for t in args.teacher], n_views=args.views, seed=args.seed,
-        aug_cfg=_store_augment(args), batch_size=args.batch_size, overwrite=args.overwrite,
+        args.out, config=config, teachers=[parse_teacher_arg(t) for t in args.teacher],
+        n_views=args.views, seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
         progress=sys.stderr.isatty())
     log.info("wrote %s: %d clips x %d views x teachers %s", store.path, len(store), store.n_views,
              ", ".join(store.teacher_names))

@@ -1,6 +1,7 @@
 """TAU22 / DCASE2024 metadata and audio loading on a tiny hand-written fake dataset tree."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -224,3 +225,133 @@ def test_load_audio_errors_name_the_file(tmp_path):
     sf.write(nan, x, SR, subtype="FLOAT")
     with pytest.raises(tau.BadClipError, match="nan.wav: audio contains NaN"):
         tau.load_audio(nan)
+
+
+# ---------------------------------------------------------------------------- skip mode, end to end
+def _bad_split(root):
+    """split10: two good clips (one stereo), and one clip for every kind of per-clip failure."""
+    good = [("audio/airport-lisbon-1000-40000-5-a.wav", "airport", "lisbon-1000", "a"),
+            ("audio/bus-lyon-1045-40100-5-b.wav", "bus", "lyon-1045", "b")]
+    stereo = ("audio/park-lyon-2-2-5-c.wav", "park", "lyon-2", "c")
+    bad = {
+        "truncated": ("audio/metro-paris-3-3-5-a.wav", "metro", "paris-3", "a"),
+        "corrupt": ("audio/tram-paris-4-4-5-a.wav", "tram", "paris-4", "a"),
+        "wrong_rate": ("audio/park-paris-5-5-5-a.wav", "park", "paris-5", "a"),
+        "nan": ("audio/bus-paris-6-6-5-a.wav", "bus", "paris-6", "a"),
+        "missing": ("audio/metro-lyon-7-7-5-a.wav", "metro", "lyon-7", "a"),
+        "bad_label": ("audio/beach-lyon-8-8-5-a.wav", "beach", "lyon-8", "a"),
+    }
+    rows = [*good, stereo, *bad.values()]
+    _tsv(root / "meta.csv", ("filename", "scene_label", "identifier", "source_label"), [*META, *rows])
+    _tsv(root / "split_setup" / "split10.csv", ("filename",),
+         [(r[0],) for r in rows] + [("audio/ghost-x-9-9-5-a.wav",)])  # listed, not in meta.csv
+    for name, *_ in good:
+        sf.write(root / name, _tone(), SR, subtype="PCM_16")
+    sf.write(root / stereo[0], np.stack([_tone(freq=300.0), _tone(freq=700.0)], axis=1), SR, subtype="PCM_16")
+    sf.write(root / bad["truncated"][0], _tone(), SR, subtype="PCM_16")
+    data = (root / bad["truncated"][0]).read_bytes()
+    (root / bad["truncated"][0]).write_bytes(data[: len(data) // 2])  # cut off mid-data
+    (root / bad["corrupt"][0]).write_bytes(np.random.default_rng(0).bytes(8000))
+    sf.write(root / bad["wrong_rate"][0], _tone(sr=48000), 48000, subtype="PCM_16")
+    x = _tone()
+    x[100] = np.nan  # a valid header: only decoding finds it
+    sf.write(root / bad["nan"][0], x, SR, subtype="FLOAT")
+    sf.write(root / bad["bad_label"][0], _tone(), SR, subtype="PCM_16")
+    return [g[0] for g in good], stereo[0], {k: v[0] for k, v in bad.items()}
+
+
+def test_skip_mode_covers_every_per_clip_failure(fake_tau, caplog):
+    from asc_jax.data import pipeline
+
+    good, stereo, bad = _bad_split(fake_tau)
+    with caplog.at_level(logging.WARNING):
+        opened = pipeline.load_split_source(fake_tau, "10", on_error="skip", threads=2)
+    assert [c.filename for c in opened.clips] == [*good, stereo]  # meta.csv order
+    reasons = {s.filename: s.reason for s in opened.skipped}
+    assert set(reasons) == {*bad.values(), "audio/ghost-x-9-9-5-a.wav"}
+    assert "unknown scene label 'beach'" in reasons[bad["bad_label"]]
+    assert "not in meta.csv" in reasons["audio/ghost-x-9-9-5-a.wav"]
+    assert reasons[bad["missing"]] == "audio file not found"
+    assert reasons[bad["truncated"]].startswith("22") and "expected 44100" in reasons[bad["truncated"]]
+    assert "unreadable or corrupt audio" in reasons[bad["corrupt"]]
+    assert reasons[bad["wrong_rate"]] == "sample rate 48000 Hz, expected 44100 Hz"
+    assert reasons[bad["nan"]] == "audio contains NaN or Inf"
+    # One warning per split for the skipped clips: the count and the first names.
+    skip_logs = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skip_logs) == 1, skip_logs
+    assert skip_logs[0].startswith("split 10: skipped 7 of 10 clips: ")
+    assert bad["bad_label"] in skip_logs[0] and "and 2 more" in skip_logs[0]
+    # Stereo is averaged to mono, said once, with the count.
+    stereo_logs = [r.getMessage() for r in caplog.records if "channel" in r.getMessage()]
+    assert stereo_logs == ["split 10: 1 of 3 clips have more than one channel; they are averaged to mono"]
+    assert opened.n_multichannel == 1
+    # The remaining clips load; the check decoded them into the cache, so no file is read again.
+    for name in (*good, stereo):
+        (fake_tau / name).unlink()
+    batch = next(pipeline.eval_batches(opened.source, 4))
+    assert batch["audio"].shape == (4, 32000) and list(batch["mask"]) == [True, True, True, False]
+    np.testing.assert_allclose(
+        batch["audio"][2], soxr.resample((_tone(freq=300.0) + _tone(freq=700.0)) / 2, SR, 32000, quality="HQ"),
+        atol=1e-3)
+
+
+def test_raise_mode_names_the_first_bad_file_before_training(fake_tau):
+    from asc_jax.data import pipeline
+
+    good, stereo, bad = _bad_split(fake_tau)
+    with pytest.raises(tau.MissingClipError, match=r"metro-lyon-7-7-5-a.wav: audio file not found"):
+        pipeline.load_split_source(fake_tau, "10")
+    # Without the metadata problems, the up-front header check names the first bad audio file.
+    _tsv(fake_tau / "split_setup" / "split10.csv", ("filename",),
+         [(n,) for n in (*good, stereo, bad["truncated"], bad["corrupt"])])
+    with pytest.raises(tau.BadClipError, match=r"metro-paris-3-3-5-a.wav: 22\d+ samples, expected 44100"):
+        pipeline.load_split_source(fake_tau, "10")
+    # A NaN passes the header check and is named when the clip is read.
+    _tsv(fake_tau / "split_setup" / "split10.csv", ("filename",), [(n,) for n in (*good, bad["nan"])])
+    opened = pipeline.load_split_source(fake_tau, "10", cache=False)
+    with pytest.raises(tau.BadClipError, match=r"bus-paris-6-6-5-a.wav: audio contains NaN"):
+        opened.source[2]
+
+
+def test_training_data_skip_mode(fake_tau, caplog):
+    """train.loop.prepare_data opens both splits this way under data.on_error='skip'."""
+    from asc_jax.config import Config, DataConfig
+    from asc_jax.train import loop
+
+    good, stereo, bad = _bad_split(fake_tau)
+    config = Config(data=DataConfig(root=str(fake_tau), generate=False, train_split="10", on_error="skip"))
+    with caplog.at_level(logging.WARNING):
+        data = loop.prepare_data(config)
+    assert [c.filename for c in data.train_clips] == [*good, stereo]
+    assert [c.filename for c in data.train_source.clips] == [*good, stereo]
+    assert len(data.eval_clips) == 2
+    assert sum("skipped 7 of 10" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(tau.MissingClipError, match="metro-lyon-7-7-5-a.wav"):
+        loop.prepare_data(dataclasses.replace(config, data=dataclasses.replace(config.data, on_error="raise")))
+
+
+def test_metadata_problems_are_per_clip(fake_tau, caplog):
+    rows = [META[0], META[0], ("audio/park-barcelona-3-88-0-b.wav", "park", "", "b")]
+    _tsv(fake_tau / "meta.csv", ("filename", "scene_label", "identifier", "source_label"), rows)
+    with pytest.raises(tau.BadClipError, match="airport-lisbon-1000-40000-0-a.wav: listed 2 times in meta.csv"):
+        tau.load_split(fake_tau, "5")
+    with caplog.at_level(logging.WARNING, logger="asc_jax.data.tau"):
+        clips, skipped = tau.load_split(fake_tau, "5", on_error="skip")
+    assert clips == []
+    assert skipped == [tau.Skipped(META[0][0], "listed 2 times in meta.csv"),
+                       tau.Skipped(META[3][0], "meta.csv row has no identifier")]
+    assert len(caplog.records) == 1 and "skipped 2 of 2 clips" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="asc_jax.data.tau"):
+        assert len(tau.load_split(fake_tau, "5", on_error="skip", report=False)[1]) == 2
+    assert not caplog.records  # the caller reports
+
+
+def test_header_check_catches_truncation(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, _tone(), SR, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+    assert tau.check_audio_header(path).frames < SR  # libsndfile counts the frames present
+    with pytest.raises(tau.BadClipError, match=r"cut.wav: 43\d+ samples, expected 44100 \(1.0 s at 44100 Hz\)"):
+        tau.check_audio_header(path, expected_duration=1.0)

@@ -1,6 +1,8 @@
 """KD loss, teacher ensembles, the teacher-logit store, precompute and the grain hook."""
+import dataclasses
 import json
 import pickle
+import types
 
 import jax
 import jax.numpy as jnp
@@ -343,9 +345,10 @@ def test_precompute_is_reproducible_and_replay_is_bit_exact(tmp_path):
 
 
 def test_store_extras_hook(tmp_path):
-    store, *_ = _precompute(tmp_path / "s", batch_size=7)
+    store, store_cfg, *_ = _precompute(tmp_path / "s", batch_size=7)
     dataset_files = list(store.filenames[::-1])  # the dataset orders clips differently
-    hook = distill.StoreExtras(tmp_path / "s", dataset_files, CLASSES, teachers="cnn")
+    student = dataclasses.replace(store_cfg, mixstyle=aug.MixStyleConfig())  # the training config
+    hook = distill.StoreExtras(tmp_path / "s", dataset_files, CLASSES, teachers="cnn", augment=student)
     assert hook.teacher_names == ("cp_resnet-b",)
     hook = pickle.loads(pickle.dumps(hook))  # as in a grain worker process
     rng = np.random.default_rng(0)
@@ -362,4 +365,106 @@ def test_store_extras_hook(tmp_path):
         assert out["aug"]["freq_mask"]["start"] == store.aug["freq_mask"]["start"][row, view]
     assert seen_views == {0, 1}
     with pytest.raises(distill.StoreError, match="lacks 1"):
-        distill.StoreExtras(tmp_path / "s", dataset_files + ["audio/x.wav"], CLASSES)
+        distill.StoreExtras(tmp_path / "s", dataset_files + ["audio/x.wav"], CLASSES, augment=student)
+
+
+# ----------------------------------------------------------------------- store vs student augment
+STUDENT_AUG = aug.AugmentConfig()  # the training default: roll, frequency mask, Freq-MixStyle
+
+
+def _aug_store(path, store_cfg, n=5, views=2):
+    """A store whose parameters are sampled from store_cfg, with store_cfg in its header."""
+    sample = aug.example_sampler(store_cfg)
+    params = [sample(distill.view_keys(0, np.arange(n), v)) for v in range(views)]
+    return distill.write_store(
+        path, filenames=[f"audio/c{i}.wav" for i in range(n)], teacher_names=["cp_resnet-a"],
+        logits=np.zeros((n, views, 1, len(CLASSES)), np.float32),
+        aug_params=jax.tree.map(lambda *a: np.stack(a, axis=1), *params), class_names=CLASSES,
+        meta={"frontend": {}, "augment": aug.config_to_dict(store_cfg), "seed": 0})
+
+
+def _hook(path, student):
+    return distill.StoreExtras(path, [f"audio/c{i}.wav" for i in range(5)], CLASSES, augment=student)
+
+
+def test_store_with_masks_refuses_a_student_without(tmp_path):
+    path = _aug_store(tmp_path / "s", distill.store_augment(STUDENT_AUG))
+    student = dataclasses.replace(STUDENT_AUG, freq_mask=None)
+    with pytest.raises(distill.StoreError) as err:
+        _hook(path, student)
+    message = str(err.value)
+    # Both settings are named: the store's masks and the student's disabled ones.
+    assert "freq_mask: store FreqMaskConfig(mask_param=48, n_mels=256, mask_value=0.0), student None" in message
+    assert str(path) in message and "roll" not in message  # only the differing augmentation
+    _hook(path, STUDENT_AUG)  # the matching student is accepted
+
+
+def test_store_without_masks_refuses_a_student_with_them(tmp_path):
+    path = _aug_store(tmp_path / "s", aug.AugmentConfig(freq_mask=None, mixstyle=None))
+    with pytest.raises(distill.StoreError,
+                       match=r"freq_mask: store None \(disabled\), student FreqMaskConfig\(mask_param=48"):
+        _hook(path, STUDENT_AUG)
+    _hook(path, dataclasses.replace(STUDENT_AUG, freq_mask=None))
+
+
+def test_store_augment_field_differences_are_named(tmp_path):
+    path = _aug_store(tmp_path / "s", distill.store_augment(STUDENT_AUG))
+    student = dataclasses.replace(
+        STUDENT_AUG, roll=aug.RollConfig(max_shift_s=0.25),
+        freq_mask=dataclasses.replace(STUDENT_AUG.freq_mask, mask_param=24))
+    with pytest.raises(distill.StoreError) as err:
+        _hook(path, student)
+    assert "roll.max_shift_s: store 0.125, student 0.25; freq_mask.mask_param: store 48, student 24" in str(err.value)
+    # The stored roll replaces the host's: a student without one would still hear it.
+    with pytest.raises(distill.StoreError, match=r"roll: store RollConfig\(max_shift_s=0.125, sr=32000\), "
+                                                 r"student None \(disabled\)"):
+        _hook(path, dataclasses.replace(STUDENT_AUG, roll=None))
+
+
+def test_freq_mixstyle_is_exempt(tmp_path):
+    path = _aug_store(tmp_path / "s", distill.store_augment(STUDENT_AUG))
+    for mixstyle in (None, aug.MixStyleConfig(alpha=0.9, p=1.0, per_example=True)):
+        _hook(path, dataclasses.replace(STUDENT_AUG, mixstyle=mixstyle))
+    # Even a header that records some MixStyle setting is not compared on it.
+    recorded = {**aug.config_to_dict(STUDENT_AUG), "mixstyle": {"alpha": 0.1}}
+    assert distill.augment_mismatch(recorded, dataclasses.replace(STUDENT_AUG, mixstyle=None)) == []
+    assert distill.store_augment(STUDENT_AUG) == dataclasses.replace(STUDENT_AUG, mixstyle=None)
+
+
+def test_store_whose_arrays_disagree_with_its_header_is_refused(tmp_path):
+    inp = _store_inputs(n=5)
+    inp["filenames"] = [f"audio/c{i}.wav" for i in range(5)]
+    inp["meta"] = {**inp["meta"], "augment": aug.config_to_dict(aug.AugmentConfig(freq_mask=None, mixstyle=None))}
+    path = distill.write_store(tmp_path / "s", **inp)  # holds freq_mask parameters all the same
+    with pytest.raises(distill.StoreError, match=r"header augmentations \['roll'\] but stored parameters "
+                                                 r"for \['freq_mask', 'roll'\]"):
+        _hook(path, dataclasses.replace(STUDENT_AUG, freq_mask=None))
+    header = json.loads((path / "header.json").read_text())
+    header["meta"]["augment"] = {"warp": {}}
+    (path / "header.json").write_text(json.dumps(header))
+    with pytest.raises(distill.StoreError, match="unreadable meta\\['augment'\\]"):
+        _hook(path, STUDENT_AUG)
+
+
+def test_training_refuses_a_mismatched_store(tmp_path):
+    """The student run opens its store through train.loop._teacher_extras, with config.augment."""
+    from asc_jax.config import Config, KDConfig
+    from asc_jax.data import tau
+    from asc_jax.train import loop
+
+    path = tmp_path / "s"
+    n = 5
+    sample = aug.example_sampler(distill.store_augment(STUDENT_AUG))
+    params = sample(distill.view_keys(0, np.arange(n), 0))
+    clips = [tau.Clip(f"audio/c{i}.wav", 0, "a", "lyon", "lyon-1") for i in range(n)]
+    distill.write_store(
+        path, filenames=[c.filename for c in clips], teacher_names=["cp_resnet-a"],
+        logits=np.zeros((n, 1, 1, len(tau.CLASSES)), np.float32),
+        aug_params=jax.tree.map(lambda a: np.asarray(a)[:, None], params), class_names=tau.CLASSES,
+        meta={"frontend": {}, "augment": aug.config_to_dict(distill.store_augment(STUDENT_AUG)), "seed": 0})
+    data = types.SimpleNamespace(train_clips=clips)
+    config = Config(kd=KDConfig(store=str(path)))
+    assert loop._teacher_extras(config, data).teacher_names == ("cp_resnet-a",)
+    no_masks = dataclasses.replace(config, augment=dataclasses.replace(STUDENT_AUG, freq_mask=None))
+    with pytest.raises(distill.StoreError, match="freq_mask: store FreqMaskConfig.*student None"):
+        loop._teacher_extras(no_masks, data)

@@ -54,11 +54,17 @@ def teacher_dirs(tmp_path_factory):
     return {"rep_mobile-cnn_a": base / "cnn_a", "passt-tiny": base / "passt_tiny"}
 
 
+def _student_args(data_root) -> list[str]:
+    """The KD demo student's --config / --set, as train.py would take them, on the test data."""
+    return ["--config", f"{CONFIGS / 'kd_demo.py'}:split={SPLIT}",
+            "--set", f"data.root={data_root}", "--set", "data.generate=False"]
+
+
 @pytest.fixture(scope="module")
 def store(data_root, teacher_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / f"split{SPLIT}"
     return teachers.main([
-        "precompute", "--data", str(data_root), "--split", SPLIT,
+        "precompute", *_student_args(data_root),
         "--teacher", str(teacher_dirs["rep_mobile-cnn_a"]),
         "--teacher", f"tiny={teacher_dirs['passt-tiny']}",
         "--views", str(VIEWS), "--seed", "7", "--out", str(out), "--batch-size", str(BATCH)])
@@ -72,7 +78,8 @@ def test_store_from_saved_teachers(store, data_root):
     assert distill.resolve_teachers("cnn", store.teacher_names) == ("rep_mobile-cnn_a",)
     assert distill.resolve_teachers("transformer", store.teacher_names) == ("passt-tiny",)
     meta = store.meta
-    assert meta["seed"] == 7 and meta["data"]["split"] == SPLIT
+    assert meta["seed"] == 7 and meta["data"]["split"] == SPLIT and meta["data"]["skipped"] == []
+    # The student config's augmentation without Freq-MixStyle (kd_demo.py trains with defaults).
     assert augment.config_from_dict(meta["augment"]) == teachers.STORE_AUGMENT
     assert meta["frontend"]["passt-tiny"]["name"] == "passt"
     assert meta["frontend"]["rep_mobile-cnn_a"] == {"name": "logmel",
@@ -139,7 +146,9 @@ def test_pipeline_batch_replays_the_stored_view(store, data_root, teacher_dirs):
     batch (rolled on the host by the stored shift, band from the batch) gives the batch's
     teacher logits; so does the CNN teacher on the student's own augmented log-mel."""
     clips = tau.load_split(data_root, SPLIT)
-    extras = distill.StoreExtras(store.path, [c.filename for c in clips], tau.CLASSES)
+    student = load_config(f"{CONFIGS / 'kd_demo.py'}:split={SPLIT}")
+    extras = distill.StoreExtras(store.path, [c.filename for c in clips], tau.CLASSES,
+                                 augment=student.augment)
     ds = pipeline.train_dataset(clips, root=data_root, batch_size=BATCH, seed=3, extra=extras)
     batch = next(iter(ds))
     np.testing.assert_array_equal(batch["roll"], batch["aug"]["roll"]["shift"])
@@ -162,8 +171,9 @@ def test_pipeline_batch_replays_the_stored_view(store, data_root, teacher_dirs):
 def test_bad_teachers_fail_loudly(tmp_path, teacher_dirs, data_root):
     with pytest.raises(FileNotFoundError, match="no model.json"):
         teachers.load_teacher(tmp_path)
+    student = load_config(f"{CONFIGS / 'kd_demo.py'}:split={SPLIT}")
     with pytest.raises(ValueError, match="both named 'rep_mobile-cnn_a'"):
-        teachers.precompute_store(tmp_path / "s", data_root=data_root, split=SPLIT, n_views=1, seed=0,
+        teachers.precompute_store(tmp_path / "s", config=student, n_views=1, seed=0,
                                   teachers=[teacher_dirs["rep_mobile-cnn_a"]] * 2)
     with pytest.raises(ValueError, match="tag"):
         teachers.load_teacher(teacher_dirs["passt-tiny"], tag="a,b")
@@ -181,6 +191,45 @@ def test_bad_teachers_fail_loudly(tmp_path, teacher_dirs, data_root):
         with pytest.raises(ValueError, match=error):
             teachers.load_teacher(bad)
     assert not (tmp_path / "s").exists()
+
+
+STUDENT_CONFIG = """
+import dataclasses
+from asc_jax.audio import augment
+from asc_jax.config import load_config
+
+def get_config(arg=None):
+    base = load_config({kd_demo!r} + ":split=" + {split!r})
+    return dataclasses.replace(
+        base, seed=3,
+        data=dataclasses.replace(base.data, root={root!r}, generate=False),
+        augment=augment.AugmentConfig(roll=None, freq_mask=augment.FreqMaskConfig(mask_param=8, n_mels=128)),
+        kd=dataclasses.replace(base.kd, store={out!r}))
+"""
+
+
+def test_precompute_reads_the_students_config_file(tmp_path, teacher_dirs, data_root):
+    """The store samples the augmentation of the config file the student trains with, holds its
+    split's clips and goes to its kd.store; that student accepts it, another refuses it."""
+    config_file = tmp_path / "student.py"
+    config_file.write_text(STUDENT_CONFIG.format(kd_demo=str(CONFIGS / "kd_demo.py"), split=SPLIT,
+                                                 root=str(data_root), out=str(tmp_path / "store")))
+    store = teachers.main(["precompute", "--config", str(config_file),
+                           "--teacher", str(teacher_dirs["rep_mobile-cnn_a"]), "--views", "1"])
+    student = load_config(str(config_file))
+    assert store.path == tmp_path / "store" and store.meta["seed"] == 3  # kd.store, config seed
+    assert augment.config_from_dict(store.meta["augment"]) == distill.store_augment(student.augment)
+    assert set(store.aug) == {"freq_mask"}  # no roll stored: the config disables it
+    assert (np.asarray(store.aug["freq_mask"]["width"]) < 8).all()
+    assert (np.asarray(store.aug["freq_mask"]["n_mels"]) == 128).all()
+    files = [c.filename for c in tau.load_split(data_root, SPLIT)]
+    assert store.filenames == tuple(files)
+    distill.StoreExtras(store.path, files, tau.CLASSES, augment=student.augment)
+    with pytest.raises(distill.StoreError, match=r"roll: store None \(disabled\), student RollConfig"):
+        distill.StoreExtras(store.path, files, tau.CLASSES, augment=augment.AugmentConfig())
+    with pytest.raises(SystemExit):  # the separate augmentation flags are gone
+        teachers.main(["precompute", "--config", str(config_file), "--teacher", "x", "--views", "1",
+                       "--freq-mask-param", "8"])
 
 
 # ------------------------------------------------------------------------------- KD training run

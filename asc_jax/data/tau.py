@@ -16,11 +16,12 @@ stores rely on that index.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, Sequence, overload
 
 import numpy as np
 import soundfile as sf
@@ -148,6 +149,9 @@ def find_split_file(root: str | Path, split: str | int) -> Path:
 
 def _clip_from_row(row: dict[str, str]) -> Clip:
     filename = row["filename"]
+    empty = [c for c in _META_COLUMNS if not row.get(c)]
+    if empty:  # a short or blank-field line of meta.csv
+        raise BadClipError(filename, f"meta.csv row has no {', '.join(empty)}")
     scene = row["scene_label"]
     if scene not in CLASS_TO_INDEX:
         raise BadClipError(filename, f"unknown scene label {scene!r}; known: {', '.join(CLASSES)}")
@@ -169,6 +173,7 @@ def load_split(
     verify: Literal["none", "exists", "audio"] = ...,
     expected_sr: int | None = ...,
     on_error: Literal["raise"] = ...,
+    report: bool = ...,
 ) -> list[Clip]: ...
 
 
@@ -180,10 +185,12 @@ def load_split(
     verify: Literal["none", "exists", "audio"] = ...,
     expected_sr: int | None = ...,
     on_error: Literal["skip"],
+    report: bool = ...,
 ) -> tuple[list[Clip], list[Skipped]]: ...
 
 
-def load_split(root, split, *, verify="exists", expected_sr=TAU_SAMPLE_RATE, on_error="raise"):
+def load_split(root, split, *, verify="exists", expected_sr=TAU_SAMPLE_RATE, on_error="raise",
+               report=True):
     """Reads the clips of one split.
 
     Args:
@@ -193,17 +200,22 @@ def load_split(root, split, *, verify="exists", expected_sr=TAU_SAMPLE_RATE, on_
         additionally opens every file and checks its header (sample rate, non-empty) —
         slow on the full TAU set, meant for a one-off scan.
       expected_sr: sample rate the files must have when verify='audio' (None: any).
-      on_error: 'raise' fails on the first bad clip; 'skip' leaves bad clips out, logs each
-        one and returns them.
+      on_error: 'raise' fails on the first bad clip; 'skip' leaves every bad clip out (a
+        problem of its metadata row, a file missing, and with verify='audio' a bad header) and
+        returns them. This checks no more than `verify` asks: to skip clips whose audio cannot
+        be decoded, use `pipeline.load_split_source`, which checks every clip's audio up front.
+      report: under on_error='skip', log one warning with the count and the first names of
+        the skipped clips (False: the caller reports them, e.g. merged with its own).
 
     Returns:
       The split's clips in meta.csv order; with on_error='skip', `(clips, skipped)`.
 
     Raises:
       ClipError (MissingClipError / BadClipError) naming the file, under on_error='raise'.
+      ValueError naming the files a split lists that meta.csv lacks, under on_error='raise'
+      (skipped under 'skip').
       FileNotFoundError / ValueError for a missing or malformed meta.csv / split file, or a
-      split that names a file absent from meta.csv (these are never skipped: they mean the
-      dataset itself is inconsistent).
+      split file listing a clip twice (never skipped: the file itself is broken).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -225,12 +237,15 @@ def load_split(root, split, *, verify="exists", expected_sr=TAU_SAMPLE_RATE, on_
     clips: list[Clip] = []
     skipped: list[Skipped] = []
     seen: set[str] = set()
+    n_rows = collections.Counter(row["filename"] for row in meta_rows if row["filename"] in wanted)
     for row in meta_rows:
         name = row["filename"]
-        if name not in wanted:
+        if name not in wanted or name in seen:
             continue
         seen.add(name)
         try:
+            if n_rows[name] > 1:  # ambiguous metadata: neither row is trusted
+                raise BadClipError(name, f"listed {n_rows[name]} times in meta.csv")
             split_label = wanted[name]
             if split_label is not None and split_label != row["scene_label"]:
                 raise BadClipError(
@@ -246,44 +261,71 @@ def load_split(root, split, *, verify="exists", expected_sr=TAU_SAMPLE_RATE, on_
         except ClipError as err:
             if on_error == "raise":
                 raise
-            log.warning("skipping %s", err)
             skipped.append(Skipped(name, err.reason))
             continue
         clips.append(clip)
 
     unknown = [name for name in wanted if name not in seen]
-    if unknown:
+    if unknown and on_error == "raise":
         raise ValueError(
             f"{split_path}: {len(unknown)} file(s) not in {meta_path}, e.g. {unknown[:3]}"
         )
     if on_error == "skip":
-        if skipped:
-            log.warning("split %s: skipped %d of %d clips", split, len(skipped), len(wanted))
+        skipped += [Skipped(name, f"listed in {split_path.name} but not in meta.csv") for name in unknown]
+        if skipped and report:
+            log.warning("split %s: %s", split, describe_skipped(skipped, len(wanted)))
         return clips, skipped
     return clips
 
 
-def check_audio_header(path: str | Path, *, expected_sr: int | None = TAU_SAMPLE_RATE):
-    """Opens the header of an audio file and validates it.
+def describe_skipped(skipped: Sequence[Skipped], total: int, n_shown: int = 5) -> str:
+    """'skipped 3 of 40 clips: a.wav (reason); b.wav (reason); ...' (the first n_shown)."""
+    shown = "; ".join(f"{s.filename} ({s.reason})" for s in skipped[:n_shown])
+    more = f"; and {len(skipped) - n_shown} more" if len(skipped) > n_shown else ""
+    return f"skipped {len(skipped)} of {total} clips: {shown}{more}"
+
+
+def check_audio_header(
+    path: str | Path,
+    *,
+    expected_sr: int | None = TAU_SAMPLE_RATE,
+    expected_duration: float | None = None,
+):
+    """Opens the header of an audio file and validates it (no samples are decoded).
+
+    A file truncated in the middle of its data is caught here: libsndfile counts the frames
+    actually present, so it reads as too short. NaN/Inf samples need a decode (`load_audio`).
+
+    Args:
+      path: audio file.
+      expected_sr: the file's required sample rate (None: accept any).
+      expected_duration: required duration in seconds, checked exactly in file samples.
 
     Returns:
       The soundfile info object (samplerate, frames, channels).
 
     Raises:
       MissingClipError: the file does not exist.
-      BadClipError: unreadable/corrupt, empty, or with a sample rate other than expected_sr.
+      BadClipError: unreadable/corrupt, empty, with a sample rate other than expected_sr, or
+        with a length other than expected_duration.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingClipError(path, "audio file not found")
     try:
         info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as err:
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise BadClipError(path, f"unreadable or corrupt audio ({err})") from err
     if info.frames <= 0:
         raise BadClipError(path, "empty audio (0 samples)")
     if expected_sr is not None and info.samplerate != expected_sr:
         raise BadClipError(path, f"sample rate {info.samplerate} Hz, expected {expected_sr} Hz")
+    if expected_duration is not None:
+        want = round(expected_duration * info.samplerate)
+        if info.frames != want:
+            raise BadClipError(
+                path, f"{info.frames} samples, expected {want} ({expected_duration} s at {info.samplerate} Hz)"
+            )
     return info
 
 
@@ -311,16 +353,10 @@ def load_audio(
       wrong length or non-finite samples.
     """
     path = Path(path)
-    info = check_audio_header(path, expected_sr=expected_sr)
-    if expected_duration is not None:
-        want = round(expected_duration * info.samplerate)
-        if info.frames != want:
-            raise BadClipError(
-                path, f"{info.frames} samples, expected {want} ({expected_duration} s at {info.samplerate} Hz)"
-            )
+    check_audio_header(path, expected_sr=expected_sr, expected_duration=expected_duration)
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise BadClipError(path, f"unreadable or corrupt audio ({err})") from err
     if audio.shape[0] == 0:
         raise BadClipError(path, "empty audio (0 samples)")
