@@ -8,17 +8,15 @@ field's declared type, so a typo fails before any work is done.
 from __future__ import annotations
 
 import ast
-import collections.abc
 import dataclasses
 import importlib.util
-import types
-import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 import optax
 from flax import nnx
 
+from asc_jax import typed
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig
 from asc_jax.parallel import ParallelConfig
@@ -104,15 +102,31 @@ class Config:
     prune: PruneConfig | None = None
 
 
-def parse_variant(arg: str | None) -> dict[str, Any]:
-    """"split=25,width=96" -> {"split": 25, "width": 96} (values parsed as Python literals)."""
-    out: dict[str, Any] = {}
+def parse_variant(arg: str | None, defaults: Mapping[str, Any], *, config: str = "config") -> dict[str, Any]:
+    """"split=25,width=96" -> {**defaults, "split": "25", "width": 96}.
+
+    Values are parsed as Python literals (bare words are strings) and checked against the type of
+    their default (a default of None accepts any value: an optional variant). A key that is not
+    in `defaults` is an error naming the known keys, so `epoch=1` cannot be silently ignored.
+
+    Args:
+      arg: the text after the colon of `--config configs/x.py:...` (None: all defaults).
+      defaults: every variant key the config file understands, with its default value.
+      config: the config file's name, for the error messages.
+    """
+    given: dict[str, Any] = {}
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"config variant {item!r} is not key=value")
-        out[key.strip()] = _literal(value.strip())
-    return out
+            raise ValueError(f"{config}: variant {item!r} is not key=value")
+        given[key.strip()] = _literal(value.strip())
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"{config}: unknown variant {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(defaults)}")
+    return {k: default if k not in given else
+            given[k] if default is None else typed.check(type(default), given[k], f"{config} variant {k!r}")
+            for k, default in defaults.items()}
 
 
 def _literal(text: str) -> Any:
@@ -162,20 +176,7 @@ def _replace(node: Any, keys: list[str], value: Any, full: str) -> Any:
 
 
 def _coerce(node: Any, key: str, value: Any, full: str) -> Any:
-    hint = typing.get_type_hints(type(node))[key]
-    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    allowed = tuple(typing.get_origin(a) or a for a in (typing.get_args(hint) if is_union else (hint,)))
-    if any(a is collections.abc.Mapping for a in allowed) and isinstance(value, dict):
-        return value
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if str in allowed and not isinstance(value, str):
-        value = str(value)  # e.g. --set data.train_split=25
-    if tuple in allowed and isinstance(value, list):
-        value = tuple(value)
-    if not isinstance(value, tuple(a for a in allowed if isinstance(a, type)) or (object,)):
-        raise TypeError(f"override {full!r}: expected {hint}, got {value!r}")
-    return value
+    return typed.check(typed.field_hints(type(node))[key], value, f"override {full!r}")
 
 
 def to_dict(config: Any) -> Any:

@@ -11,14 +11,16 @@ Variants: `configs/demo.py:epochs=12,model=cp_mobile,split=25`.
 """
 from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig, parse_variant
 
+VARIANTS = {"split": "100", "epochs": 6, "model": "rep_mobile", "seed": 0}  # key -> default
+
 
 def get_config(arg: str | None = None) -> Config:
-    variant = parse_variant(arg)
+    variant = parse_variant(arg, VARIANTS, config="demo.py")
     return Config(
-        seed=variant.get("seed", 0),
-        data=DataConfig(root="data/synthetic_tau", generate=True, train_split=str(variant.get("split", 100))),
-        model=ModelConfig(name=variant.get("model", "rep_mobile")),
-        optim=OptimConfig(lr=0.01, epochs=variant.get("epochs", 6), warmup_epochs=1, batch_size=64),
+        seed=variant["seed"],
+        data=DataConfig(root="data/synthetic_tau", generate=True, train_split=variant["split"]),
+        model=ModelConfig(name=variant["model"]),
+        optim=OptimConfig(lr=0.01, epochs=variant["epochs"], warmup_epochs=1, batch_size=64),
         eval_every_epochs=2,
         log_every_steps=10,
     )

@@ -13,16 +13,19 @@ teacher-logit store, by default `stores/split{N}`; the ensembles are selected fr
 
   # CNN teachers: train.py with a bigger model, on split N; PaSST teachers: checkpoints
   # fine-tuned on split N, converted (convert_weights.py --arch passt --num-classes 10).
-  python -m asc_jax.teachers precompute --data /path/to/TAU22 --split 25 \
+  python -m asc_jax.teachers precompute --config configs/kd_tau.py:split=25 \
+      --set data.root=/path/to/TAU22 \
       --teacher s1=teachers/split25/passt_1 --teacher s2=teachers/split25/passt_2 \
       --teacher s1=runs/cp_resnet_s25_1 --teacher s2=runs/cp_resnet_s25_2 \
-      --views 8 --seed 0 --out stores/split25
+      --views 8 --seed 0
   python train.py --config configs/kd_tau.py:split=25,teachers=all --workdir runs/kd_s25_all \
       --set data.root=/path/to/TAU22
 
-The store samples roll <= 125 ms and one frequency band <= 48 of 256 bins per view (the
-defaults of the precompute command, matching this recipe); the student replays them and adds
-Freq-MixStyle fresh. Runtime is that of the baseline (teachers never run during training: about
+The precompute reads the student's config (same --config and --set as train.py): the store
+holds the clips of its split, goes to its kd.store (stores/split25) and samples its
+augmentation, here roll <= 125 ms and one frequency band <= 48 of 256 bins per view. The
+student replays them and adds Freq-MixStyle fresh; it refuses a store computed under other
+augmentation settings. Runtime is that of the baseline (teachers never run during training: about
 an hour for split 100 on one modern GPU); the result to compare is eval macro-class accuracy of
 the four rows per split, as in Table IV (summary.json, eval/final.json).
 
@@ -46,7 +49,8 @@ from asc_jax.config import Config, KDConfig, load_config, parse_variant
 from asc_jax.data.tau import CLASSES
 
 TEACHER_SETS = ("none", "cnn", "transformer", "all")
-_BASE_VARIANTS = ("split", "width", "branches", "model", "seed", "epochs")
+# Passed on to configs/rep_mobile_tau.py, which checks them and holds their defaults.
+_BASE_VARIANTS = {"split": None, "width": None, "branches": None, "model": None, "seed": None, "epochs": None}
 
 
 def cpjku_lam(lam: float, n_classes: int = len(CLASSES)) -> float:
@@ -62,20 +66,18 @@ KD_PRESETS = {
 
 
 def get_config(arg: str | None = None) -> Config:
-    variant = parse_variant(arg)
-    unknown = set(variant) - {*_BASE_VARIANTS, "teachers", "kd", "store"}
-    if unknown:
-        raise ValueError(f"unknown kd_tau variants {sorted(unknown)}")
-    teachers = str(variant.get("teachers", "all"))
+    variant = parse_variant(arg, {**_BASE_VARIANTS, "teachers": "all", "kd": "cpjku", "store": None},
+                            config="kd_tau.py")
+    teachers = variant["teachers"]
     if teachers not in TEACHER_SETS:
         raise ValueError(f"teachers must be one of {TEACHER_SETS}; got {teachers!r}")
-    preset = str(variant.get("kd", "cpjku"))
+    preset = variant["kd"]
     if preset not in KD_PRESETS:
         raise ValueError(f"kd must be one of {sorted(KD_PRESETS)}; got {preset!r}")
-    base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if k in variant)
+    base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if variant[k] is not None)
     config = load_config(f"{Path(__file__).with_name('rep_mobile_tau.py')}:{base_arg}")
     if teachers == "none":
         return config
-    store = str(variant.get("store", f"stores/split{config.data.train_split}"))
+    store = str(variant["store"] or f"stores/split{config.data.train_split}")
     kd = KD_PRESETS[preset]
     return dataclasses.replace(config, kd=dataclasses.replace(kd, store=store, teachers=teachers))

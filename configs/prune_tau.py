@@ -41,13 +41,14 @@ FINETUNE_BUDGET = 150  # Finetuning epochs after the dense phase, shared equally
 
 
 def get_config(arg: str | None = None) -> Config:
-    variant = parse_variant(arg)
-    name = str(variant.get("variant", "progressive96"))
+    variant = parse_variant(arg, {"variant": "progressive96", "split": "25", "seed": 0, "epochs": 150,
+                                  "finetune_epochs": 0}, config="prune_tau.py")  # 0: the budget's share
+    name = variant["variant"]
     if name not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {name!r}")
     width, rounds = VARIANTS[name]
-    base = load_config(f"{Path(__file__).with_name('rep_mobile_tau.py')}:split={variant.get('split', 25)},"
-                       f"width={width},seed={variant.get('seed', 0)},epochs={variant.get('epochs', 150)}")
+    base = load_config(f"{Path(__file__).with_name('rep_mobile_tau.py')}:split={variant['split']},"
+                       f"width={width},seed={variant['seed']},epochs={variant['epochs']}")
     if rounds is None:
         return base
     return dataclasses.replace(base, prune=PruneConfig(
@@ -55,7 +56,7 @@ def get_config(arg: str | None = None) -> Config:
         schedule="linear" if rounds > 1 else "one_shot",
         target=(("base_channels", 32),),
         rounds=rounds,
-        finetune_epochs=int(variant.get("finetune_epochs", FINETUNE_BUDGET // rounds)),
+        finetune_epochs=variant["finetune_epochs"] or FINETUNE_BUDGET // rounds,
         round_to=8,
         finetune="sliced",
     ))

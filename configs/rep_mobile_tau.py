@@ -15,22 +15,25 @@ macro-class accuracy from split 5 to 100 without KD. Variants (comma-separated):
 """
 from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig, parse_variant
 
+# key -> default; width (base_channels) and branches ("3x3+1x1") default to the model's own.
+VARIANTS = {"split": "100", "width": None, "branches": None, "model": "rep_mobile", "seed": 0, "epochs": 150}
+
 
 def get_config(arg: str | None = None) -> Config:
-    variant = parse_variant(arg)
-    split = str(variant.get("split", 100))
+    variant = parse_variant(arg, VARIANTS, config="rep_mobile_tau.py")
+    split = variant["split"]
     if split not in ("5", "10", "25", "50", "100"):
         raise ValueError(f"split must be one of 5, 10, 25, 50, 100; got {split}")
     options = {}
-    if "width" in variant:
-        options["base_channels"] = int(variant["width"])
-    if "branches" in variant:
+    if variant["width"] is not None:
+        options["base_channels"] = variant["width"]
+    if variant["branches"] is not None:
         options["branches"] = tuple(str(variant["branches"]).split("+"))
     return Config(
-        seed=int(variant.get("seed", 0)),
+        seed=variant["seed"],
         data=DataConfig(root="data/tau22", generate=False, train_split=split, eval_split="test"),
-        model=ModelConfig(name=variant.get("model", "rep_mobile"), options=options),
-        optim=OptimConfig(lr=0.01, epochs=int(variant.get("epochs", 150)), warmup_epochs=5, batch_size=128),
+        model=ModelConfig(name=variant["model"], options=options),
+        optim=OptimConfig(lr=0.01, epochs=variant["epochs"], warmup_epochs=5, batch_size=128),
         eval_every_epochs=10,
         log_every_steps=50,
     )

@@ -1,6 +1,9 @@
 """End-to-end training: it learns, resumes exactly, and fails loudly on bad input."""
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,10 @@ from asc_jax.config import (Config, DataConfig, ModelConfig, OptimConfig, load_c
 from asc_jax.data import synthetic
 from asc_jax.surgery import flatten, module_tree
 from asc_jax.train import train_and_evaluate
+from asc_jax.train.logging import MetricWriter
 from asc_jax.train.loop import _check_finite
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 SMALL_MODEL = {"base_channels": 16, "channels_multiplier": 2.0, "expansion_rate": 2.0}
 
@@ -58,22 +64,6 @@ def test_tiny_run_learns_and_writes_everything(tiny_data, tmp_path):
     assert not any("bn" in map(str, p) for p in flatten(module_tree(deploy)))
 
 
-@pytest.mark.slow
-def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
-    config = dataclasses.replace(_config(tiny_data, epochs=2), eval_every_epochs=1)
-    straight = train_and_evaluate(config, tmp_path / "straight")
-    # Interrupted mid-epoch (step 25 of 36), then the same command again.
-    partial = train_and_evaluate(dataclasses.replace(config, max_steps=25), tmp_path / "resumed")
-    assert partial == {"step": 25, "total_steps": 36, "finished": False}
-    resumed = train_and_evaluate(config, tmp_path / "resumed")
-    assert resumed["step"] == straight["step"] == 36
-    a = flatten(module_tree(load_model(tmp_path / "straight" / "deploy")[0]))
-    b = flatten(module_tree(load_model(tmp_path / "resumed" / "deploy")[0]))
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=str(key))
-    assert resumed["eval"]["accuracy"] == straight["eval"]["accuracy"]
-
-
 def test_resume_with_a_different_config_is_refused(tiny_data, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"seed": 99}))
     with pytest.raises(ValueError, match="different config"):
@@ -94,7 +84,10 @@ def test_non_finite_loss_names_the_step(tmp_path):
 
 
 def test_config_variants_and_overrides(tmp_path):
-    assert parse_variant("split=25,width=96,name=cp_mobile") == {"split": 25, "width": 96, "name": "cp_mobile"}
+    defaults = {"split": "100", "width": 32, "name": "rep_mobile", "extra": None}
+    assert parse_variant("split=25,width=96,name=cp_mobile", defaults) == {
+        "split": "25", "width": 96, "name": "cp_mobile", "extra": None}
+    assert parse_variant(None, defaults) == defaults
     config = load_config("configs/demo.py:epochs=3,split=25")
     assert config.optim.epochs == 3 and config.data.train_split == "25"
     config = override(config, "optim.lr=1")  # int literal accepted for a float field
@@ -109,3 +102,88 @@ def test_config_variants_and_overrides(tmp_path):
         override(config, "optim.epochs=ten")
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "missing.py"))
+
+
+@pytest.mark.parametrize("config_file", sorted(p.name for p in CONFIGS.glob("*.py")))
+def test_every_config_file_rejects_unknown_variant_keys(config_file):
+    """`epoch=1` (for epochs) was silently ignored by demo.py."""
+    load_config(f"{CONFIGS / config_file}")  # the defaults are valid
+    with pytest.raises(ValueError, match=r"unknown variant 'epoch'; known: .*epochs"):
+        load_config(f"{CONFIGS / config_file}:epoch=1")
+    with pytest.raises(TypeError, match="variant 'epochs': expected int"):
+        load_config(f"{CONFIGS / config_file}:epochs=abc")
+
+
+def test_overrides_are_type_checked():
+    config = load_config(f"{CONFIGS / 'demo.py'}")
+    with pytest.raises(TypeError, match="'optim.batch_size': expected int, got True"):
+        override(config, "optim.batch_size=True")  # a bool is not an int (it was batch 1)
+    with pytest.raises(TypeError, match="expected float"):
+        override(config, "optim.lr=True")
+    with pytest.raises(TypeError, match="expected bool"):
+        override(config, "data.generate=1")
+    assert override(config, "augment.freq_mask.mask_param=24").augment.freq_mask.mask_param == 24
+    assert override(config, "data.train_split=25").data.train_split == "25"
+
+
+def test_a_failed_start_leaves_no_config_behind(tiny_data, tmp_path):
+    """A typo'd model name must not make the workdir refuse the corrected command."""
+    typo = dataclasses.replace(_config(tiny_data), model=ModelConfig(name="rep_mobil", options=SMALL_MODEL))
+    with pytest.raises(KeyError, match="unknown model 'rep_mobil'"):
+        train_and_evaluate(typo, tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    fixed = dataclasses.replace(_config(tiny_data), max_steps=1)
+    assert train_and_evaluate(fixed, tmp_path)["step"] == 1
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "rep_mobile"
+
+
+def test_metric_writer_keeps_each_step_once_across_resumes(tmp_path):
+    """An interrupted run logged steps past its last checkpoint; the resumed run logs them again.
+    Reopening the writer at the checkpoint's step drops the later rows (and a torn last line)."""
+    writer = MetricWriter(tmp_path)
+    for step in (5, 10, 15, 20):
+        writer.write("train", step, {"loss": float(step)})
+    writer.write("eval", 10, {"accuracy": 0.5})
+    writer.write("eval", 20, {"accuracy": 0.6})
+    writer.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"split": "train", "step": 2')  # killed mid-write
+    for start, steps in ((10, [5, 10]), (0, [])):  # resume at 10, then restart from scratch
+        writer = MetricWriter(tmp_path, start_step=start)
+        rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+        assert [r["step"] for r in rows if r["split"] == "train"] == steps
+        csv_steps = [int(line.split(",")[0]) for line in (tmp_path / "metrics_train.csv").read_text().splitlines()[1:]]
+        assert csv_steps == steps
+        for step in (15, 20):
+            writer.write("train", step, {"loss": float(step)})
+        writer.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [(r["split"], r["step"]) for r in rows] == [("train", 15), ("train", 20)]
+    MetricWriter(tmp_path / "other", enabled=False).write("train", 1, {"loss": 1.0})  # not process 0
+    assert not (tmp_path / "other").exists()
+
+
+def test_the_runs_own_messages_are_visible_after_importing_orbax():
+    """orbax's import configures the root logger at WARNING, which made logging.basicConfig a
+    no-op: "resumed from step N" never showed."""
+    code = ("import orbax.checkpoint, logging; from asc_jax import setup_logging; setup_logging(); "
+            "logging.getLogger('asc_jax.train.loop').info('resumed from step 7')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "resumed from step 7" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["rep_mobile", "cp_mobile", "bc_resnet", "tf_sepnet", "passt"])
+def test_model_options_are_type_checked_against_the_model_config(name):
+    """`--set model.options.base_channels=abc` failed deep inside the model ("can only
+    concatenate str (not "float") to str"); now the option is named before anything is built."""
+    from flax import nnx
+
+    from asc_jax.models import build_model
+
+    option = "embed_dim" if name == "passt" else "n_classes"
+    with pytest.raises(TypeError, match=rf"{name} option '{option}': expected int, got 'abc'"):
+        build_model(name, rngs=nnx.Rngs(0), **{option: "abc"})
+    with pytest.raises(TypeError, match=rf"{name} option '{option}': expected int, got True"):
+        build_model(name, rngs=nnx.Rngs(0), **{option: True})
+    with pytest.raises(TypeError, match=rf"unknown {name} option 'base_channel'; known: "):
+        build_model(name, rngs=nnx.Rngs(0), base_channel=8)
