@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 
+from asc_jax import setup_logging
 from asc_jax.convert import KeyMap, convert_checkpoint
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-kwargs", default="{}", help="JSON dict of model config overrides")
     parser.add_argument("--seed", type=int, default=0, help="seed for a replaced head")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging("%(message)s")
     convert_checkpoint(
         args.arch, args.torch_ckpt, args.out, n_classes=args.num_classes, variant=args.variant,
         key_map=KeyMap.from_json(args.key_map) if args.key_map else None, prefix=args.prefix,

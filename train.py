@@ -5,7 +5,7 @@
 Rerunning the same command resumes from the newest checkpoint in --workdir.
 """
 import argparse
-import logging
+from asc_jax import setup_logging
 
 from asc_jax.config import load_config, override
 from asc_jax.train import train_and_evaluate
@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field by dotted path, e.g. optim.lr=0.005")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = load_config(args.config)
     for assignment in args.set:
         config = override(config, assignment)

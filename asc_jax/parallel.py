@@ -189,6 +189,12 @@ def put_eval_batch(batch: Any, mesh: Mesh) -> Any:
     return shard_batch(batch, mesh) if jax.process_count() == 1 else replicate(batch, mesh)
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files (metrics, reports, saved models): process 0.
+    Checkpoints are the exception: orbax coordinates every process's part of a save."""
+    return jax.process_index() == 0
+
+
 def to_host(tree: Any) -> Any:
     """Numpy copies of global arrays on every process (gathers shards held by other hosts)."""
     if jax.process_count() == 1:

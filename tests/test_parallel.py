@@ -248,8 +248,64 @@ def test_two_processes_assemble_one_global_batch():
         np.testing.assert_array_equal(res["eval_rows"], [8.0, 26.0])
 
 
+# ----------------------------------------------------------------------------------------------
+# A whole training run over two processes: one writer
+# ----------------------------------------------------------------------------------------------
+def _worker_multihost_train(process_id: int, port: int, data: str, workdir: str) -> dict:
+    from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig
+    from asc_jax.train import train_and_evaluate
+
+    config = Config(
+        seed=3,
+        data=DataConfig(root=data, generate=False),
+        model=ModelConfig(name="rep_mobile", options={"base_channels": 8, "channels_multiplier": 2.0,
+                                                       "expansion_rate": 2.0}),
+        optim=OptimConfig(lr=0.01, epochs=1, warmup_epochs=0, batch_size=32),
+        parallel=parallel.ParallelConfig(num_devices=0, coordinator_address=f"localhost:{port}",
+                                         num_processes=2, process_id=process_id),
+        eval_every_epochs=1, log_every_steps=2)
+    summary = train_and_evaluate(config, workdir)
+    return {"step": summary["step"], "accuracy": summary["eval"]["accuracy"],
+            "deploy_accuracy": summary["deploy_eval"]["accuracy"]}
+
+
+@pytest.mark.slow
+def test_two_process_training_run_has_one_writer(tmp_path):
+    """Both processes train (each on its half of every batch) and evaluate; the metrics writer,
+    reports, plots, config.json and saved models are process 0's alone. Two writers would log
+    every step twice and race on the saved models."""
+    from asc_jax.data import synthetic
+
+    data = tmp_path / "tau"
+    synthetic.ensure_dataset(data, n_train_per_class_device=5, n_test_per_class_device=5)  # 300 / 450 clips
+    port = str(_free_port())
+    procs = [_run_worker("multihost_train", str(p), port, str(data), str(tmp_path / "run"), n_devices=1)
+             for p in range(2)]
+    try:
+        results = [_result(p, timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert results[0] == results[1] and results[0]["step"] == 300 // 32
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [(r["split"], r["step"]) for r in rows] == [("train", 2), ("train", 4), ("train", 6),
+                                                       ("train", 8), ("train", 9), ("eval", 9)]
+    assert len((run / "metrics_train.csv").read_text().splitlines()) == 1 + 5
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    for name in ("config.json", "summary.json", "complexity.json", "eval/final.json",
+                 "eval/final_confusion.png", "model/model.json", "deploy/model.json"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval"]["accuracy"] == results[0]["accuracy"]
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "dp":
+    if sys.argv[1] == "multihost_train":
+        print(json.dumps(_worker_multihost_train(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])))
+    elif sys.argv[1] == "dp":
         print(json.dumps(_worker_data_parallel()))
     elif sys.argv[1] == "multihost":
         print(json.dumps(_worker_multihost(int(sys.argv[2]), int(sys.argv[3]))))

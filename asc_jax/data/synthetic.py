@@ -40,6 +40,7 @@ import numpy as np
 import soundfile as sf
 from scipy import fft as sfft
 
+from asc_jax import setup_logging
 from asc_jax.data.tau import CLASSES, DEVICES, SEEN_DEVICES, SPLIT_SUBDIR
 from asc_jax.registry import Registry
 
@@ -868,7 +869,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=getattr(defaults, field.name))
     parser.add_argument("--workers", type=int, default=None, help="rendering threads")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging("%(message)s")
     params = {field.name: getattr(args, field.name) for field in fields(SyntheticConfig)}
     ensure_dataset(args.out, workers=args.workers, **params)
     print(args.out)

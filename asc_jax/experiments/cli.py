@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import logging
 from pathlib import Path
 from typing import Sequence
 
+from asc_jax import setup_logging
 from asc_jax.experiments.report import collect
 from asc_jax.experiments.prepare import PREPARERS
 from asc_jax.experiments.runner import Grid, Outcome, check, execute
@@ -117,7 +117,7 @@ def dry_run(runs) -> list[Outcome]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit status (1 if a run failed)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     grid = Grid(args.data, args.workdir, args.seeds, args.splits, args.smoke, tuple(args.set),
                 args.extra_teachers)
     status = 0

@@ -12,7 +12,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from asc_jax import complexity, evaluate, parallel
 from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
 from asc_jax.config import Config, to_dict
-from asc_jax.data import pipeline, synthetic, tau
+from asc_jax.data import pipeline, tau
+from asc_jax.models import with_default_lowering
 from asc_jax.reparam import fuse
 from asc_jax.train import steps
 from asc_jax.train.logging import MetricWriter, format_metrics
@@ -45,24 +46,16 @@ class Data:
 
 
 def prepare_data(config: Config) -> Data:
-    """Resolves the dataset (generating the embedded one if asked) and reads both splits."""
-    root = Path(config.data.root)
-    if config.data.generate:
-        synthetic.ensure_dataset(root, **dict(config.data.synthetic))
-    elif not (root / "meta.csv").is_file():
-        raise FileNotFoundError(f"no meta.csv under data.root={root}; point it at a TAU dataset "
-                                "or set data.generate=True for the embedded synthetic set")
-    sources = []
-    clips = []
-    for split in (config.data.train_split, config.data.eval_split):
-        loaded = tau.load_split(root, split, on_error=config.data.on_error)
-        if config.data.on_error == "skip":
-            loaded, skipped = loaded
-            if skipped:
-                log.warning("split %s: skipped %d bad clips (first: %s)", split, len(skipped), skipped[0])
-        clips.append(loaded)
-        sources.append(pipeline.ClipSource(loaded, root, sr=config.mel.sample_rate, cache=config.data.cache_audio))
-    return Data(root, clips[0], clips[1], sources[0], sources[1])
+    """Resolves the dataset (generating the embedded one if asked) and opens both splits, every
+    clip checked up front (`pipeline.load_split_source`: under data.on_error="skip" every bad
+    clip is left out and reported once per split, as a count plus the first names)."""
+    root = pipeline.dataset_root(config.data.root, generate=config.data.generate,
+                                 synthetic_params=config.data.synthetic)
+    train, evaluation = (
+        pipeline.load_split_source(root, split, sr=config.mel.sample_rate, cache=config.data.cache_audio,
+                                   on_error=config.data.on_error)
+        for split in (config.data.train_split, config.data.eval_split))
+    return Data(root, train.clips, evaluation.clips, train.source, evaluation.source)
 
 
 def predict(eval_fn, params, rest, source: pipeline.ClipSource, mesh=None,
@@ -73,7 +66,10 @@ def predict(eval_fn, params, rest, source: pipeline.ClipSource, mesh=None,
     out = []
     for batch in pipeline.eval_batches(source, batch_size):
         audio = batch["audio"] if mesh is None else parallel.put_eval_batch(batch["audio"], mesh)
-        logits = np.asarray(parallel.to_host(eval_fn(params, rest, audio)))
+        logits = eval_fn(params, rest, audio)
+        # Sharded over the mesh: gather every process's rows; without a mesh this process
+        # computed all of them itself (a gather would stack every process's copy).
+        logits = np.asarray(parallel.to_host(logits) if mesh is not None else jax.device_get(logits))
         out.append(logits[batch["mask"]])
     return np.concatenate(out)
 
@@ -83,7 +79,7 @@ def clip_metrics(logits: np.ndarray, clips: Sequence[tau.Clip]) -> dict:
 
 
 def _check_config(workdir: Path, config: Config) -> None:
-    """Writes config.json; on resume, refuses a config that differs from the stored one."""
+    """On resume, refuses a config that differs from the run's stored config.json."""
     path = workdir / "config.json"
     current = to_dict(config)
     if path.exists():
@@ -94,15 +90,23 @@ def _check_config(workdir: Path, config: Config) -> None:
         if diff:
             raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); "
                              "use a new --workdir or the original config")
-    path.write_text(json.dumps(current, indent=2))
+
+
+def _write_config(workdir: Path, config: Config) -> None:
+    """Records the run's config, once it has been validated and its model built: a command that
+    fails on a typo leaves no config behind to refuse the corrected command."""
+    if parallel.is_primary():
+        (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
 
 def _teacher_extras(config: Config, data: Data):
     if not config.kd.store:
         return None
     from asc_jax.distill import StoreExtras
+    # Refuses a store computed under other augmentations than config.augment (Freq-MixStyle
+    # aside): the student must see exactly what the teachers saw.
     return StoreExtras(config.kd.store, [c.filename for c in data.train_clips], tau.CLASSES,
-                       teachers=config.kd.teachers)
+                       teachers=config.kd.teachers, augment=config.augment)
 
 
 def _loss_fn(config: Config):
@@ -111,12 +115,18 @@ def _loss_fn(config: Config):
     return steps.classification_loss
 
 
-def _check_finite(history: list[dict], first_step: int, workdir: Path) -> None:
+def _check_finite(history: list[dict], first_step: int, last_good: str | Path | Callable[[], str]) -> None:
+    """Raises FloatingPointError at the first non-finite loss of `history`.
+
+    Args:
+      last_good: where training can be taken up again (`TrainCheckpoints.last_good`), or a
+        function returning it, called only on failure (it waits for pending saves).
+    """
     for offset, metrics in enumerate(history):
         if not math.isfinite(float(metrics["loss"])):
             raise FloatingPointError(
                 f"non-finite loss {float(metrics['loss'])} at step {first_step + offset + 1}; "
-                f"training stopped before saving it (last good checkpoint: {workdir / 'checkpoints' / 'latest'}). "
+                f"training stopped before saving it ({last_good() if callable(last_good) else last_good}). "
                 "Lower optim.lr or enable optim.grad_clip.")
 
 
@@ -135,6 +145,11 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config(workdir, config)
+    recorded = config
+    # The conv lowering is chosen once, here, for this run's backend; it reaches model.json (the
+    # models' options) but not config.json, so a run may resume on another backend.
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, options=with_default_lowering(config.model.name, config.model.options)))
     key_params, key_aug = jax.random.split(jax.random.key(config.seed))
 
     data = prepare_data(config)
@@ -156,13 +171,13 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     model = config.model.build(nnx.Rngs(params=key_params))
     if config.model.init_from:
         restore_weights(config.model.init_from, model)
+    _write_config(workdir, recorded)
     tx = config.optim.build(steps_per_epoch)
     graphdef, state = create_train_state(model, tx)
     mel_aug = dataclasses.replace(config.augment, roll=None)  # the roll ran on the host
     train_step = steps.make_train_step(graphdef, tx, config.mel, mel_aug, _loss_fn(config), key_aug,
                                        schedule=config.optim.schedule(steps_per_epoch))
     eval_fn = steps.make_eval_fn(graphdef, config.mel)
-    writer = MetricWriter(workdir)
 
     with TrainCheckpoints(workdir / "checkpoints", keep_best=config.keep_best) as ckpts:
         if ckpts.latest_step() is not None:
@@ -170,10 +185,11 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             log.info("resumed from step %d in %s", int(state.step), workdir)
         state = parallel.put_state(state, mesh)
         step = int(state.step)
+        writer = MetricWriter(workdir, start_step=step, enabled=parallel.is_primary())
         history: list[dict] = []
         # Redraw at most every 5 s when logging to a file (CI, nohup) rather than a terminal.
         progress = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                        mininterval=0.1 if sys.stderr.isatty() else 5.0)
+                        mininterval=0.1 if sys.stderr.isatty() else 5.0, disable=not parallel.is_primary())
         while step < stop_at:
             state, metrics = train_step(state, parallel.put_batch(next(iterator), mesh))
             history.append(metrics)
@@ -182,7 +198,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             epoch_end = step % steps_per_epoch == 0
             if step % config.log_every_steps == 0 or epoch_end or step == stop_at:
                 host = parallel.to_host(history)
-                _check_finite(host, step - len(host), workdir)
+                _check_finite(host, step - len(host), ckpts.last_good)
                 flat = writer.write("train", step, _mean_metrics(host))
                 progress.set_postfix_str(format_metrics(flat, ("loss", "accuracy", "lr")))
                 history = []
@@ -192,14 +208,15 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                                        data.eval_clips)
                 writer.write("eval", step, {k: metrics[k] for k in ("accuracy", "macro_accuracy")}
                              | {"device": metrics["device_group_accuracy"]})
-                progress.write(f"epoch {epoch} step {step}: eval accuracy {metrics['accuracy']:.4f} "
-                               f"macro {metrics['macro_accuracy']:.4f}")
+                if parallel.is_primary():
+                    progress.write(f"epoch {epoch} step {step}: eval accuracy {metrics['accuracy']:.4f} "
+                                   f"macro {metrics['macro_accuracy']:.4f}")
                 ckpts.save_best(step, state, metrics)
             if epoch_end or step == stop_at:
                 ckpts.save_latest(step, state, iterator)
         progress.close()
         ckpts.wait()
-    writer.close()
+        writer.close()
     if step < total_steps:
         log.info("stopped at step %d of %d (max_steps); rerun the same command to resume", step, total_steps)
         return {"step": step, "total_steps": total_steps, "finished": False}
@@ -211,10 +228,16 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     """Evaluates the final model, fuses it into the deploy model, checks they agree, saves both
     reports, both models (`model/` training form, `deploy/` fused) and the complexity report."""
     out = workdir / "eval"
+    primary = parallel.is_primary()  # every process computes; process 0 alone writes
+    # Host copies on every process (a collective in a multi-host run): what follows (evaluation,
+    # fusion, saving) is local work on the same numbers everywhere.
+    params, batch_stats = parallel.to_host((state.params, state.batch_stats))
+    state = state.replace(params=params, batch_stats=batch_stats)
     logits = predict(eval_fn, state.params, state.batch_stats, data.eval_source)
     metrics = clip_metrics(logits, data.eval_clips)
-    evaluate.save_report(metrics, out, prefix="final")
-    print(evaluate.summary_table(metrics))
+    if primary:
+        evaluate.save_report(metrics, out, prefix="final")
+        print(evaluate.summary_table(metrics))
 
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
@@ -222,7 +245,8 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     deploy_eval = steps.make_eval_fn(deploy_graph, config.mel)
     deploy_logits = predict(deploy_eval, deploy_params, deploy_rest, data.eval_source)
     deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
-    evaluate.save_report(deploy_metrics, out, prefix="deploy")
+    if primary:
+        evaluate.save_report(deploy_metrics, out, prefix="deploy")
     max_diff = float(np.abs(deploy_logits - logits).max())
     if max_diff > 1e-3 * max(1.0, float(np.abs(logits).max())):
         raise RuntimeError(f"fused deploy model disagrees with the trained model (max |logit diff| {max_diff})")
@@ -232,6 +256,10 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     # DCASE reports the BN form (torchinfo on the PyTorch model); the fused form has biases instead.
     reports = {"train_form": complexity.report(model, input_shape).as_dict(),
                "deploy_form": complexity.report(deploy, input_shape).as_dict()}
+    summary = {"step": int(state.step), "finished": True, "eval": metrics, "deploy_eval": deploy_metrics,
+               "deploy_max_logit_diff": max_diff, "complexity": reports}
+    if not primary:
+        return summary
     (workdir / "complexity.json").write_text(json.dumps(reports, indent=2))
     print("complexity (deploy model):\n" + complexity.report(deploy, input_shape).table())
 
@@ -241,7 +269,5 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     save_model(workdir / "deploy", deploy, name=config.model.name, options=config.model.options,
                deploy=True, mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES),
                eval={k: deploy_metrics[k] for k in ("accuracy", "macro_accuracy")})
-    summary = {"step": int(state.step), "finished": True, "eval": metrics, "deploy_eval": deploy_metrics,
-               "deploy_max_logit_diff": max_diff, "complexity": reports}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
