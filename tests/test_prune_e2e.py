@@ -156,6 +156,12 @@ def test_phase_planning_rules(tmp_path):
     finetune = progressive.phase_config(config, phases[1], {"base_channels": 16}, tmp_path / "init")
     assert finetune.prune is None and finetune.model.init_from == str(tmp_path / "init")
     assert finetune.optim.epochs == 1 and finetune.kd == config.kd and finetune.data == config.data
+    # Fresh optimizer with the recipe; a warmup longer than half the phase is cut so that it decays.
+    recipe = dataclasses.replace(config, optim=dataclasses.replace(config.optim, warmup_epochs=5))
+    assert progressive.phase_config(recipe, phases[0]).optim.warmup_epochs == 5
+    assert progressive.phase_config(recipe, phases[1], {}, "init").optim.warmup_epochs == 0
+    long = dataclasses.replace(phases[1], epochs=75)
+    assert progressive.phase_config(recipe, long, {}, "init").optim == dataclasses.replace(recipe.optim, epochs=75)
     with pytest.raises(ValueError, match="finetune='sliced'"):
         progressive.train_and_prune(_config(tmp_path, finetune="masked", allow_inexact_masking=True),
                                     tmp_path / "run")

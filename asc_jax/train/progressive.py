@@ -12,7 +12,8 @@ own sub-workdir:
                      channels of every group (PruneConfig.method) down to the widths of round r,
                      slice them out (`prune.slice_model`: a genuinely narrower model), save it to
                      `init/`, then finetune it for prune.finetune_epochs with a fresh optimizer
-                     (model.options = the narrow widths, model.init_from = init/; config.kd kept).
+                     (the recipe of config.optim, warmup at most half the phase; model.options =
+                     the narrow widths, model.init_from = init/; config.kd kept).
 
 Finetuning the sliced model rather than a masked wide one is what makes this exact for
 Rep-Mobile: GRN mixes all channels of a stream, so a masked model is not the sliced one.
@@ -164,12 +165,17 @@ def _prepare_init(previous: Path, init_dir: Path, phase: Phase, cfg: prune.Prune
 
 def phase_config(config: Config, phase: Phase, options: Mapping[str, Any] | None = None,
                  init_from: str | Path | None = None) -> Config:
-    """The ordinary training config of one phase (no `prune`; its own epochs, model and init)."""
-    model = config.model
+    """The ordinary training config of one phase (no `prune`; its own epochs, model and init).
+
+    A finetuning phase keeps the optimizer recipe with a fresh state, but its warmup takes at
+    most half of its epochs: a phase no longer than the warmup would otherwise end at the peak
+    learning rate instead of decaying (1 epoch: no warmup, cosine from the peak).
+    """
+    model, optim = config.model, dataclasses.replace(config.optim, epochs=phase.epochs)
     if phase.index > 0:
         model = dataclasses.replace(model, options=dict(options), init_from=str(init_from))
-    return dataclasses.replace(config, prune=None, model=model,
-                               optim=dataclasses.replace(config.optim, epochs=phase.epochs))
+        optim = dataclasses.replace(optim, warmup_epochs=min(optim.warmup_epochs, phase.epochs // 2))
+    return dataclasses.replace(config, prune=None, model=model, optim=optim)
 
 
 def _row(phase: Phase, summary: Mapping[str, Any]) -> dict[str, Any]:
