@@ -54,3 +54,34 @@ def test_log_mel_batched_equals_per_example():
     for i, w in enumerate(waves):
         ref = np.log(_librosa_mel(w, CFG) + CFG.log_floor)
         np.testing.assert_allclose(batched[i], ref, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("frontend", ["student", "passt"])
+def test_stft_core_matches_jax_scipy_stft(frontend):
+    """The one STFT core (`stft_power`) of both frontends equals the library's STFT,
+    `jax.scipy.signal.stft`, to 1e-6 of the peak power: with the window's own length as the
+    segment, the same centring (padding by half a window: zeros for librosa's constant mode,
+    an even extension for torch's reflect mode) gives frames centred on the same samples, and
+    the zeros that fill the n_fft frame change only the phase. The library scales by 1/sum(w)."""
+    from jax.scipy.signal import stft
+
+    from asc_jax.audio import passt_frontend as PF
+    from asc_jax.audio.features import _padded_window, stft_power
+
+    x = np.random.default_rng(3).normal(size=(2, 32_000)).astype(np.float32)
+    if frontend == "student":
+        cfg = MelConfig()
+        win_length, hop, window, boundary, mode = (cfg.win_length, cfg.hop_length, _padded_window(cfg),
+                                                   "zeros", "constant")
+    else:
+        cfg = PF.PaSSTFrontendConfig()
+        win_length, hop, window, boundary, mode = (cfg.win_length, cfg.hop_length, PF._constants(cfg)[0],
+                                                   "even", "reflect")
+    left = (window.shape[-1] - win_length) // 2  # librosa's pad_center and torch.stft centre it
+    short = window[left:left + win_length]  # the window without its n_fft padding
+    ours = np.asarray(stft_power(jnp.asarray(x), window, hop, pad_mode=mode))
+    _, _, z = stft(jnp.asarray(x), nperseg=win_length, noverlap=win_length - hop, nfft=window.shape[-1],
+                   window=jnp.asarray(short), boundary=boundary, padded=False)
+    lib = np.swapaxes(np.abs(np.asarray(z) * short.sum()) ** 2, -1, -2)
+    assert ours.shape == lib.shape == (2, 1 + 32_000 // hop, window.shape[-1] // 2 + 1)
+    np.testing.assert_allclose(ours, lib, rtol=0, atol=1e-6 * lib.max())

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asc_jax.audio.features import stft_power
+
 
 @dataclasses.dataclass(frozen=True)
 class PaSSTFrontendConfig:
@@ -108,12 +110,7 @@ def passt_logmel(waveform: jax.Array, config: PaSSTFrontendConfig = PaSSTFronten
     window, banks = _constants(config)
     x = jnp.asarray(waveform, jnp.float32)
     x = x[..., 1:] - config.preemphasis * x[..., :-1]
-    pad = config.n_fft // 2
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
-    n_frames = 1 + (x.shape[-1] - config.n_fft) // config.hop_length
-    index = (np.arange(n_frames)[:, None] * config.hop_length + np.arange(config.n_fft)[None, :])
-    spectrum = jnp.fft.rfft(x[..., index] * window, n=config.n_fft, axis=-1)
-    power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2  # (..., frames, bins)
+    power = stft_power(x, window, config.hop_length, pad_mode="reflect")  # (..., frames, bins)
     # HIGHEST: the filterbank sum must stay float32-exact on accelerators (TF32 would drift).
     mel = jnp.einsum("mf,...tf->...mt", banks, power, precision=jax.lax.Precision.HIGHEST)
     return (jnp.log(mel + 1e-5) + 4.5) / 5.0
