@@ -14,11 +14,17 @@ Training checkpoints keep these records in the step's orbax custom metadata
 with the size and sha256 of every file under `weights/`. Loads check files, then arrays, and turn
 any mismatch or orbax failure into one `CorruptModelError` naming the directory and the damaged
 file or array. A training state is saved only when all its floating-point leaves are finite.
+
+Saved models have one format and one save / load (`save_model`, `load_model`) for all their
+forms: float, or int8 (`asc_jax.quantize`), as model.json's "quantization"/"form" says. A form
+(`MODEL_FORMS`) says which Variables `weights/` holds and how the model is rebuilt from model.json.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -31,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from asc_jax.registry import Registry
 from asc_jax.surgery import check_tree_match
 
 log = logging.getLogger(__name__)
@@ -367,6 +374,48 @@ class TrainCheckpoints:
 WEIGHTS = (nnx.Param, nnx.BatchStat)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelForm:
+    """How one form of saved model is stored and rebuilt (see `model_form`).
+
+    Attributes:
+      state: nnx filter of the Variables that `weights/` holds; the rest (RNG streams) is
+        initialised from a seed on load.
+      build: `(spec, rngs) -> model` from the model.json; run under `nnx.eval_shape` (and under
+        `jax.jit` for the state that is not stored), so it may be as costly as it likes.
+    """
+
+    state: Any
+    build: Callable[[Mapping[str, Any], nnx.Rngs], nnx.Module]
+
+
+MODEL_FORMS: Registry[ModelForm] = Registry("saved model form")
+# Forms registered by modules that import this one: imported when a model of that form is met.
+_FORM_MODULES = {"int8": "asc_jax.quantize"}
+
+
+def model_form(spec: Mapping[str, Any]) -> str:
+    """The form of a saved model: model.json's "quantization"/"form" ("int8"), else "float"."""
+    return (spec.get("quantization") or {}).get("form", "float")
+
+
+def _form(name: str) -> ModelForm:
+    if name not in MODEL_FORMS and name in _FORM_MODULES:
+        importlib.import_module(_FORM_MODULES[name])
+    return MODEL_FORMS.get(name)
+
+
+def build_float(spec: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+    """The float model a model.json describes ({"model": {"name", "options", "deploy"}})."""
+    from asc_jax.models import MODELS
+
+    m = spec["model"]
+    return MODELS.get(m["name"])(rngs=rngs, deploy=m.get("deploy", False), **m["options"])
+
+
+MODEL_FORMS.register("float")(ModelForm(WEIGHTS, build_float))
+
+
 def _local_checkpointer() -> ocp.StandardCheckpointer:
     """A checkpointer for this process alone. A saved model is one process's file (in a multi-host
     run process 0 writes it, every process may read it); orbax's default would wait at barriers
@@ -396,18 +445,20 @@ def write_model(directory: str | Path, tree: dict, spec: Mapping[str, Any]) -> P
 
 def save_model(directory: str | Path, model: nnx.Module, *, name: str, options: Mapping[str, Any],
                deploy: bool = False, **extra: Any) -> Path:
-    """Saves the model's weights (orbax) and how to rebuild it (model.json).
+    """Saves the model's weights (orbax) and how to rebuild it (model.json); `load_model` reads it.
 
-    Layout: `directory/weights` holds parameters and batch statistics as a pure dict;
-    `directory/model.json` holds {"model": {"name", "options", "deploy"}, **extra, "integrity"},
-    where `extra` may carry anything JSON-able (mel config, class names, provenance, accuracy...)
-    and "integrity" the checksums of every array and weight file (module docstring).
+    Layout: `directory/weights` holds the state of the model's form (`model_form`: parameters
+    and batch statistics of a float model; an int8 model's codes, scales and ranges too) as a
+    pure dict; `directory/model.json` holds {"model": {"name", "options", "deploy"}, **extra,
+    "integrity"}, where `extra` may carry anything JSON-able (mel config, class names,
+    provenance, accuracy, "quantization" for an int8 model...) and "integrity" the checksums of
+    every array and weight file (module docstring).
 
     Returns:
       The absolute directory.
     """
     spec = {"model": {"name": name, "options": dict(options), "deploy": deploy}, **extra}
-    return write_model(directory, nnx.to_pure_dict(nnx.state(model, WEIGHTS)), spec)
+    return write_model(directory, nnx.to_pure_dict(nnx.state(model, _form(model_form(spec)).state)), spec)
 
 
 def _read_model_json(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -481,38 +532,47 @@ def read_weights(directory: str | Path, target: dict) -> dict:
     return restored
 
 
-def restore_weights(directory: str | Path, model: nnx.Module) -> nnx.Module:
+def restore_weights(directory: str | Path, model: nnx.Module, state: Any = WEIGHTS) -> nnx.Module:
     """Restores saved weights into `model` (concrete, or abstract from `nnx.eval_shape`), in place.
 
+    Args:
+      state: nnx filter of the Variables stored (`ModelForm.state`; a float model's by default).
     Raises:
       FileNotFoundError: naming the missing weights folder.
       ValueError: listing every missing, unexpected and mis-shaped weight.
       CorruptModelError: naming the directory and every damaged file or array.
     """
-    state = nnx.state(model, WEIGHTS)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, read_weights(directory, target))
-    nnx.update(model, state)
+    stored = nnx.state(model, state)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(stored))
+    nnx.replace_by_pure_dict(stored, read_weights(directory, target))
+    nnx.update(model, stored)
     return model
 
 
-def load_model(directory: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
-    """Rebuilds a saved model abstractly, restores its weights, initialises the rest from `seed`.
+def load_model(directory: str | Path, *, seed: int = 0, form: str | None = None) -> tuple[nnx.Module, dict[str, Any]]:
+    """Loads any saved model: rebuilds it abstractly in the form its model.json names (`model_form`),
+    restores its weights and initialises the rest from `seed`.
 
     Only non-weight state (RNG streams for dropout / patchout) is initialised, inside `jax.jit`
     so that XLA prunes the unused weight initialisers.
 
+    Args:
+      form: the form expected ("float", "int8"); None accepts any.
     Returns:
       (model, spec) with spec the saved model.json (without its integrity data).
+    Raises:
+      FileNotFoundError, CorruptModelError: as `read_weights`.
+      ValueError: a model of another form than `form`, or weights of another model.
     """
-    from asc_jax.models import MODELS
-
     spec = read_spec(directory)
-    m = spec["model"]
+    found = model_form(spec)
+    if form is not None and found != form:
+        raise ValueError(f"{directory} holds a saved {found} model, not {form} (model.json)")
+    how = _form(found)
 
     def build() -> nnx.Module:
-        return MODELS.get(m["name"])(rngs=nnx.Rngs(seed), deploy=m.get("deploy", False), **m["options"])
+        return how.build(spec, nnx.Rngs(seed))
 
-    model = restore_weights(directory, nnx.eval_shape(build))
-    nnx.update(model, jax.jit(lambda: nnx.state(build(), nnx.Not(WEIGHTS)))())
+    model = restore_weights(directory, nnx.eval_shape(build), how.state)
+    nnx.update(model, jax.jit(lambda: nnx.state(build(), nnx.Not(how.state)))())
     return model, spec

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asc_jax.inference import forward
+
 DCASE_MAX_PARAM_BYTES = 128_000
 DCASE_MAX_MACS = 30_000_000
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -103,13 +105,9 @@ def _layer_macs(module: nnx.Module, out_shape: tuple[int, ...]) -> int:
 
 
 def xla_flops(model: nnx.Module, input_shape: tuple[int, ...]) -> float:
-    """XLA's flop estimate of the compiled inference forward pass (for cross-checks)."""
+    """XLA's flop estimate of the compiled inference forward pass (`inference.forward`; a cross-check)."""
     graphdef, state = nnx.split(model)
-
-    def forward(state, x):
-        return nnx.merge(graphdef, state)(x, train=False)[0]
-
-    compiled = jax.jit(forward).lower(state, jnp.zeros(input_shape, jnp.float32)).compile()
+    compiled = jax.jit(forward(graphdef)).lower(state, jnp.zeros(input_shape, jnp.float32)).compile()
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax returns one dict per computation
         analysis = analysis[0]

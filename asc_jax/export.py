@@ -47,30 +47,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax import inference
+from asc_jax.audio.features import MelConfig
+from asc_jax.audio.frontends import logmel
+from asc_jax.checkpoint import load_model
 from asc_jax.data import tau
-from asc_jax.quantize import load_any
 
 FORMAT_VERSION = 1
 CLIP_SECONDS = 1.0  # DCASE2024 Task 1 clips; the models are trained on exactly this length.
 
 
-def inference_fn(model: nnx.Module, mel: MelConfig | None) -> Callable[[jax.Array], jax.Array]:
-    """Pure `x -> logits` with the weights closed over as constants.
-
-    Args:
-      model: any model of the zoo (float or int8).
-      mel: frontend settings; with a MelConfig, x is a waveform batch (B, n_samples) at
-        mel.sample_rate, with None a log-mel batch (B, n_mels, n_frames).
-    """
-    graphdef, state = nnx.split(model)
-
-    def fn(x: jax.Array) -> jax.Array:
-        if mel is not None:
-            x = log_mel(x, mel)
-        return nnx.merge(graphdef, state)(x, train=False)[0]
-
-    return fn
+def _logits_fn(model: nnx.Module, mel: MelConfig, frontend: bool) -> Callable[[jax.Array], jax.Array]:
+    """`inference.model_fn` with the weights closed over, so they become constants of the export;
+    waveform input through `mel`'s log-mel with the frontend, log-mel input without."""
+    return inference.model_fn(model, logmel(mel).features if frontend else None, jit=False)
 
 
 def input_shape(mel: MelConfig, frontend: bool, clip_seconds: float = CLIP_SECONDS) -> tuple[int, ...]:
@@ -131,7 +121,7 @@ def export_stablehlo(model: nnx.Module, path: str | Path, *, mel: MelConfig,
     Returns:
       The path written.
     """
-    fn = inference_fn(model, mel if frontend else None)
+    fn = _logits_fn(model, mel, frontend)
     batch, = jax.export.symbolic_shape("batch")
     arg = jax.ShapeDtypeStruct((batch, *input_shape(mel, frontend, clip_seconds)), jnp.float32)
     exported = jax.export.export(jax.jit(fn), platforms=platforms)(arg)
@@ -222,7 +212,7 @@ def export_onnx(model: nnx.Module, path: str | Path, *, mel: MelConfig,
     batch: int | str = batch_size if frontend else "batch"
     meta = metadata(mel, class_names, frontend=frontend, batch=batch, clip_seconds=clip_seconds, spec=spec)
     with _jax2onnx_plugins_for_lax() as jax2onnx:
-        proto = jax2onnx.to_onnx(inference_fn(model, mel if frontend else None),
+        proto = jax2onnx.to_onnx(_logits_fn(model, mel, frontend),
                                  inputs=[(batch, *input_shape(mel, frontend, clip_seconds))],
                                  model_name="asc_jax", opset=opset,
                                  input_names=[meta["input"]["name"]], output_names=["logits"])
@@ -265,7 +255,7 @@ def _require_onnx_extra() -> None:
 def export_saved(model_dir: str | Path, out_dir: str | Path, *, formats: Iterable[str] = ("stablehlo",),
                  onnx_frontend: bool = False, onnx_batch_size: int = 1) -> list[Path]:
     """Exports a saved model dir (float deploy or int8) to `out_dir`/model.{stablehlo,onnx}."""
-    model, spec = load_any(model_dir)
+    model, spec = load_model(model_dir)
     mel = MelConfig(**spec["mel"])
     class_names = spec.get("class_names", list(tau.CLASSES))
     out_dir = Path(out_dir)

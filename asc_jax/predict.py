@@ -3,14 +3,15 @@
     python -m asc_jax.predict --checkpoint <workdir>/deploy audio1.wav some/dir/ ... \
         [--output output.csv] [--batch-size 64] [--min-last-window 0.5]
 
-* The checkpoint is a saved model dir: the float deploy model (`checkpoint.save_model`, written
-  by training to <workdir>/deploy) or an int8 one (`quantize.save_quantized`).
+* The checkpoint is a saved model dir (`checkpoint.load_model`): the float deploy model, written
+  by training to <workdir>/deploy, or an int8 one (`quantize.save_quantized`). Its features are
+  computed with the frontend its model.json names (`inference.load`).
 * Inputs are files or directories; directories are searched recursively for .wav, .flac and
   .ogg files (sorted). A file listed twice (directly and inside a listed directory) is predicted
   once.
 * Audio of any sample rate and channel count is averaged to mono and resampled (soxr, high
-  quality) to the model's mel sample rate. It is cut into consecutive 1-s windows, the length
-  the models are trained on. A trailing partial window is zero-padded when it holds at least
+  quality) to the sample rate of the model's frontend. It is cut into consecutive 1-s windows,
+  the length the models are trained on. A trailing partial window is zero-padded when it holds at least
   `--min-last-window` (default 0.5) of a window and dropped otherwise; a file shorter than one
   window is always zero-padded into one window. The file's class probabilities are the mean of
   the windows' softmax probabilities; its scene label is their argmax.
@@ -37,13 +38,10 @@ from typing import Iterable, Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 
-from asc_jax import evaluate
-from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax import evaluate, inference
 from asc_jax.checkpoint import CorruptModelError
 from asc_jax.data import tau
-from asc_jax.quantize import load_any
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 WINDOW_SECONDS = 1.0  # DCASE2024 Task 1 clip length: what the models see in training.
@@ -117,41 +115,25 @@ def split_windows(wave: np.ndarray, window: int, min_last: float = MIN_LAST_WIND
 
 
 class Predictor:
-    """A saved model with a jitted waveform-batch -> probabilities function of fixed batch size."""
+    """A saved model's jitted waveform-batch -> probabilities, run in batches of a fixed size."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        model, spec = load_any(model_dir)
-        if "mel" not in spec:
-            raise ValueError(f"{model_dir}/model.json has no 'mel' entry: cannot compute the model's features")
-        self.mel = MelConfig(**spec["mel"])
-        self.class_names = list(spec.get("class_names", tau.CLASSES))
+        self.saved = inference.load(model_dir)
+        self.sample_rate = self.saved.frontend.sample_rate
+        self.class_names = list(self.saved.spec.get("class_names", tau.CLASSES))
         self.batch_size = batch_size
-        self.window = round(WINDOW_SECONDS * self.mel.sample_rate)
-        graphdef, state = nnx.split(model)
-        mel = self.mel
-
-        @jax.jit
-        def probs(state, audio):
-            logits = nnx.merge(graphdef, state)(log_mel(audio, mel), train=False)[0]
-            return jax.nn.softmax(logits, axis=-1)
-
-        self._probs = lambda audio: np.asarray(probs(state, audio))
+        self.window = round(WINDOW_SECONDS * self.sample_rate)
 
     def window_probs(self, windows: np.ndarray) -> np.ndarray:
         """(n, n_classes) probabilities of (n, window) waveforms, in padded fixed-size batches."""
-        out = []
-        for start in range(0, len(windows), self.batch_size):
-            chunk = windows[start:start + self.batch_size]
-            padded = np.zeros((self.batch_size, self.window), np.float32)
-            padded[:len(chunk)] = chunk
-            out.append(self._probs(padded)[:len(chunk)])
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+        logits = inference.predict(self.saved.fn, windows, self.batch_size)
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
 
     def load_windows(self, path: Path, min_last: float = MIN_LAST_WINDOW) -> np.ndarray:
         """Windows of one file; raises tau.ClipError (naming the file) on bad audio."""
-        wave = tau.load_audio(path, self.mel.sample_rate, expected_sr=None)
+        wave = tau.load_audio(path, self.sample_rate, expected_sr=None)
         return split_windows(wave, self.window, min_last)
 
 

@@ -53,9 +53,8 @@ import numpy as np
 from flax import nnx
 from flax.nnx.nn.linear import canonicalize_padding
 
-from asc_jax import evaluate
-from asc_jax.audio.features import MelConfig, log_mel
-from asc_jax.checkpoint import load_model, read_spec, read_weights, write_model
+from asc_jax import checkpoint, evaluate, inference
+from asc_jax.audio.frontends import Frontend
 from asc_jax.complexity import DCASE_MAX_PARAM_BYTES
 from asc_jax.data import pipeline, tau
 from asc_jax.models.layers import DepthwiseConv, PointwiseConv, depthwise_taps
@@ -570,9 +569,20 @@ def memory_report(model: nnx.Module, cfg: QuantConfig = QuantConfig()) -> Memory
 QUANT_STATE = (nnx.Param, nnx.BatchStat, QuantWeight, WeightScale, ActRange)
 
 
+def _build_int8(spec: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+    """The int8 model of a model.json written by `save_quantized` (placeholder ranges)."""
+    deploy = checkpoint.build_float(spec, rngs)
+    zeros = {name: jnp.zeros((2,)) for name in conv_layers(deploy)}
+    return quantize(deploy, zeros, QuantConfig(**spec["quantization"]["config"]))
+
+
+# `checkpoint.load_model` rebuilds a saved int8 model with this (it imports this module then).
+checkpoint.MODEL_FORMS.register("int8")(checkpoint.ModelForm(QUANT_STATE, _build_int8))
+
+
 def save_quantized(directory: str | Path, model: nnx.Module, spec: Mapping[str, Any], cfg: QuantConfig,
                    **extra: Any) -> Path:
-    """Saves an int8 model in the layout of `checkpoint.save_model`.
+    """Saves an int8 model with `checkpoint.save_model`; `checkpoint.load_model` reads it back.
 
     Args:
       directory: output folder (`weights/` + `model.json`).
@@ -588,70 +598,24 @@ def save_quantized(directory: str | Path, model: nnx.Module, spec: Mapping[str, 
         raise ValueError("save_quantized expects an int8 model (from quantize or convert_qat)")
     if not spec.get("model", {}).get("deploy"):
         raise ValueError("spec must describe the deploy model (model.json with model.deploy = true)")
-    payload = {**spec, **extra, "quantization": {"form": "int8", "config": dataclasses.asdict(cfg),
-                                                 "memory": memory_report(model).as_dict()}}
-    return write_model(directory, nnx.to_pure_dict(nnx.state(model, QUANT_STATE)), payload)
-
-
-def load_quantized(directory: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
-    """Rebuilds an int8 model saved by `save_quantized` (strict: any mismatch raises)."""
-    from asc_jax.models import MODELS
-
-    spec = read_spec(directory)
-    if "quantization" not in spec:
-        raise ValueError(f"{directory} holds a float model (no 'quantization' in model.json)")
     m = spec["model"]
-    cfg = QuantConfig(**spec["quantization"]["config"])
-
-    def build() -> nnx.Module:
-        deploy = MODELS.get(m["name"])(rngs=nnx.Rngs(seed), deploy=True, **m["options"])
-        zeros = {name: jnp.zeros((2,)) for name in conv_layers(deploy)}
-        return quantize(deploy, zeros, cfg)
-
-    model = nnx.eval_shape(build)
-    state = nnx.state(model, QUANT_STATE)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, read_weights(directory, target))
-    nnx.update(model, state)
-    nnx.update(model, jax.jit(lambda: nnx.state(build(), nnx.Not(QUANT_STATE)))())
-    return model, spec
-
-
-def load_any(directory: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
-    """A saved float (`checkpoint.save_model`) or int8 (`save_quantized`) model, with its spec."""
-    if "quantization" in read_spec(directory):
-        return load_quantized(directory, seed=seed)
-    return load_model(directory, seed=seed)
+    entries = {k: v for k, v in spec.items() if k not in ("model", "quantization")} | extra
+    return checkpoint.save_model(directory, model, name=m["name"], options=m["options"], deploy=True, **entries,
+                                 quantization={"form": "int8", "config": dataclasses.asdict(cfg),
+                                               "memory": memory_report(model).as_dict()})
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 
-def _logit_fn(model: nnx.Module, mel: MelConfig) -> Callable[[np.ndarray], np.ndarray]:
-    graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, audio: nnx.merge(graphdef, state)(log_mel(audio, mel), train=False)[0])
-    return lambda audio: np.asarray(forward(state, audio))
-
-
-def _source_logits(fns: Sequence[Callable], source: pipeline.ClipSource, batch_size: int) -> list[np.ndarray]:
-    outs: list[list[np.ndarray]] = [[] for _ in fns]
-    for batch in pipeline.eval_batches(source, batch_size, sr=source.sr):
-        for out, fn in zip(outs, fns):
-            out.append(fn(batch["audio"])[batch["mask"]])
-    return [np.concatenate(o) for o in outs]
-
-
-def calibration_mels(data_root: str | Path, split: str, mel: MelConfig, *, n: int = 256, seed: int = 0,
+def calibration_mels(data_root: str | Path, split: str, frontend: Frontend, *, n: int = 256, seed: int = 0,
                      batch_size: int = 64) -> np.ndarray:
-    """Log-mels of `n` clips drawn (seeded) from a split, for `calibrate`."""
+    """Features (the model's frontend) of `n` clips drawn (seeded) from a split, for `calibrate`."""
     clips = tau.load_split(data_root, split)
     pick = np.sort(np.random.default_rng(seed).choice(len(clips), min(n, len(clips)), replace=False))
-    source = pipeline.ClipSource([clips[i] for i in pick], data_root, sr=mel.sample_rate, cache=False)
-    to_mel = jax.jit(lambda audio: log_mel(audio, mel))
-    batches = pipeline.eval_batches(source, batch_size, sr=mel.sample_rate)
-    mels = [np.asarray(to_mel(b["audio"]))[b["mask"]] for b in batches]
-    return np.concatenate(mels)
+    source = pipeline.ClipSource([clips[i] for i in pick], data_root, sr=frontend.sample_rate, cache=False)
+    return inference.predict(jax.jit(frontend.features), source, batch_size)
 
 
 def evaluate_quantized(model_dir: str | Path, data_root: str | Path, split: str = "test", *,
@@ -673,17 +637,19 @@ def evaluate_quantized(model_dir: str | Path, data_root: str | Path, split: str 
       {"float", "int8": compute_metrics dicts, "top1_agreement", "max_abs_logit_diff",
        "memory": MemoryReport.as_dict(), "config", "split", "calib_split", "n_calib"}.
     """
-    model, spec = load_model(model_dir)
+    saved = inference.load(model_dir, form="float")
+    model, spec, frontend = saved.model, saved.spec, saved.frontend
     if not spec["model"].get("deploy"):
         raise ValueError(f"{model_dir} is not a deploy model; quantize the fused <workdir>/deploy model")
-    mel = MelConfig(**spec["mel"])
     class_names = spec.get("class_names", list(tau.CLASSES))
-    mels = calibration_mels(data_root, calib_split, mel, n=n_calib, seed=seed, batch_size=batch_size)
+    mels = calibration_mels(data_root, calib_split, frontend, n=n_calib, seed=seed, batch_size=batch_size)
     qmodel = post_training_quantize(model, mels, cfg, batch_size=batch_size)
 
     clips = tau.load_split(data_root, split)
-    source = pipeline.ClipSource(clips, data_root, sr=mel.sample_rate, cache=False)
-    float_logits, int8_logits = _source_logits([_logit_fn(model, mel), _logit_fn(qmodel, mel)], source, batch_size)
+    source = pipeline.ClipSource(clips, data_root, sr=frontend.sample_rate, cache=False)
+    int8_fn = inference.model_fn(qmodel, frontend.features)
+    float_logits, int8_logits = inference.predict(lambda audio: (saved.fn(audio), int8_fn(audio)), source,
+                                                  batch_size)
     labels, devices = np.array([c.label for c in clips]), [c.device for c in clips]
     result = {
         "split": str(split), "calib_split": str(calib_split), "n_calib": int(len(mels)),

@@ -6,12 +6,12 @@ A teacher is any saved asc-jax model directory (``checkpoint.save_model``): a Pa
 ``<arch>-<tag>`` (``arch`` = the model registry name from model.json, which is what
 ``distill.ENSEMBLES`` selects on; ``tag`` = given, or the directory's name).
 
-Each teacher keeps its own frontend (``FRONTENDS``): PaSST models see PaSST's log-mel (128 Kaldi
-mel bins, normalised), models trained here see the log-mel described by the "mel" entry of their
-model.json. ``make_apply`` builds the jitted ``apply(wave, aug_params) -> logits`` that replays a
-stored augmentation exactly as the student will see it: roll the waveform by the stored shift,
-compute the teacher's frontend, mask the stored frequency band converted to that frontend's
-resolution (``augment.freq_mask_bins``), run the model in inference mode.
+Each teacher keeps its own frontend (``asc_jax.audio.frontends``): PaSST models see PaSST's log-mel
+(128 Kaldi mel bins, normalised), models trained here see the log-mel described by the "mel" entry
+of their model.json. ``make_apply`` builds the jitted ``apply(wave, aug_params) -> logits`` that
+replays a stored augmentation exactly as the student will see it: roll the waveform by the stored
+shift, compute the teacher's frontend, mask the stored frequency band converted to that frontend's
+resolution (``augment.freq_mask_bins``), run the model in inference mode (``asc_jax.inference``).
 
 Command line (writes the store atomically, see ``distill.write_store``):
 
@@ -34,26 +34,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from asc_jax import distill, setup_logging
+from asc_jax import distill, inference, setup_logging
 from asc_jax.audio import augment
-from asc_jax.audio.features import MelConfig, log_mel
-from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
-from asc_jax.checkpoint import load_model, read_spec
+from asc_jax.audio.frontends import Frontend
+from asc_jax.checkpoint import read_spec
 from asc_jax.config import Config, load_config, override
 from asc_jax.data import pipeline, tau
-from asc_jax.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -63,83 +60,6 @@ log = logging.getLogger(__name__)
 STORE_AUGMENT = distill.store_augment(augment.AugmentConfig())
 
 _TAG = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
-
-
-# ----------------------------------------------------------------------------------------------
-# Frontends
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Frontend:
-    """A teacher's feature extractor.
-
-    Attributes:
-      name: FRONTENDS registry name.
-      options: JSON-able settings (recorded in the store header).
-      sample_rate: waveform rate it expects (Hz).
-      n_mels: frequency bins of its features (the resolution stored masks are converted to).
-      features: ``wave (B, n_samples) -> (B, n_mels, n_frames)``, traceable.
-      from_log_mel: maps a value in natural log-mel units (``log(mel + floor)``, in which the
-        stored ``freq_mask.mask_value`` is expressed) to this frontend's feature units.
-    """
-
-    name: str
-    options: Mapping[str, Any]
-    sample_rate: int
-    n_mels: int
-    features: Callable[[jax.Array], jax.Array]
-    from_log_mel: Callable[[float], float]
-
-    def describe(self) -> dict:
-        return {"name": self.name, "options": dict(self.options)}
-
-
-FRONTENDS: Registry[Callable[[Mapping[str, Any]], Frontend]] = Registry("teacher frontend")
-
-
-@FRONTENDS.register("logmel")
-def _logmel_frontend(options: Mapping[str, Any]) -> Frontend:
-    cfg = MelConfig(**options)
-    return Frontend("logmel", dataclasses.asdict(cfg), cfg.sample_rate, cfg.n_mels,
-                    functools.partial(log_mel, cfg=cfg), lambda v: v)
-
-
-@FRONTENDS.register("passt")
-def _passt_frontend(options: Mapping[str, Any]) -> Frontend:
-    cfg = PaSSTFrontendConfig(**options)
-    # hear21passt's AugmentMelSTFT masks log(mel + 1e-5) *before* its (x + 4.5) / 5 normalisation
-    # (passt_frontend.passt_logmel), so a band masked to v in log-mel units reads (v + 4.5) / 5.
-    return Frontend("passt", dataclasses.asdict(cfg), cfg.sample_rate, cfg.n_mels,
-                    functools.partial(passt_logmel, config=cfg), lambda v: (v + 4.5) / 5.0)
-
-
-# Converted checkpoints carry no frontend description; these architectures imply one.
-DEFAULT_FRONTENDS: Mapping[str, str] = {"passt": "passt"}
-
-
-def frontend_of(spec: Mapping[str, Any], directory: str | Path) -> Frontend:
-    """The frontend a saved model was trained on, from its model.json.
-
-    Precedence: an explicit ``"frontend": {"name", "options"}`` entry; else the ``"mel"`` entry
-    that ``train.py`` writes (the "logmel" frontend); else ``DEFAULT_FRONTENDS`` by architecture.
-
-    Raises:
-      ValueError: naming the directory when none applies or the options do not fit.
-    """
-    if "frontend" in spec:
-        name, options = spec["frontend"]["name"], spec["frontend"].get("options", {})
-    elif "mel" in spec:
-        name, options = "logmel", spec["mel"]
-    elif spec["model"]["name"] in DEFAULT_FRONTENDS:
-        name, options = DEFAULT_FRONTENDS[spec["model"]["name"]], {}
-    else:
-        raise ValueError(
-            f"{directory}/model.json names no frontend (no 'frontend' or 'mel' entry) and "
-            f"architecture {spec['model']['name']!r} has no default; known defaults: "
-            f"{dict(DEFAULT_FRONTENDS)}")
-    try:
-        return FRONTENDS.get(name)(options)
-    except TypeError as e:
-        raise ValueError(f"{directory}/model.json: bad options for frontend {name!r}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,9 +134,8 @@ def load_teacher(path: str | Path, *, tag: str | None = None,
     if "class_names" not in spec:
         log.warning("teacher %s records no class names; assuming the dataset's order %s",
                     directory, list(class_names))
-    frontend = frontend_of(spec, directory)
-    model, _ = load_model(directory)
-    return Teacher(name, directory, spec, frontend, model)
+    saved = inference.load(directory)
+    return Teacher(name, directory, spec, saved.frontend, saved.model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,15 +166,12 @@ def make_apply(teacher: Teacher, aug_cfg: augment.AugmentConfig = STORE_AUGMENT)
         raise ValueError(f"augmentations {coupled} couple a batch and cannot be replayed per clip")
     feat_cfg = feature_augment(aug_cfg, teacher.frontend)
     features = teacher.frontend.features
-    graphdef, state = nnx.split(teacher.model)
 
-    @jax.jit
-    def run(state, wave, params):
+    def replayed(wave, params):
         wave = augment.apply_augment(wave, params, aug_cfg)
-        x = augment.apply_augment(features(wave), params, feat_cfg)
-        return nnx.merge(graphdef, state)(x, train=False)[0]
+        return augment.apply_augment(features(wave), params, feat_cfg)
 
-    return lambda wave, params: run(state, wave, params)
+    return inference.model_fn(teacher.model, replayed)
 
 
 def fixed_batch(fn: distill.TeacherFn, batch_size: int) -> distill.TeacherFn:

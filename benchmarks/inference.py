@@ -4,7 +4,7 @@ Reparameterisation (`asc_jax.reparam.fuse`) should make the deployed Rep-Mobile 
 fast as CP-Mobile (same architecture: one 3x3 depthwise conv per block, BN folded) and faster
 than the multi-branch training form run in eval mode. This reports it; it asserts nothing.
 
-Model only (log-mel input, (B, 256, 63)), `jax.jit`, eval mode. The forms are timed in
+Model only (log-mel input, (B, 256, 63)), the jitted `asc_jax.inference.forward`, eval mode. The forms are timed in
 interleaved rounds so that load changes on a shared machine hit all of them alike.
 
     python -m benchmarks.inference            # batch 1 and 64
@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from asc_jax import inference
 from asc_jax.audio.features import MelConfig
 from asc_jax.models import build_model
 from asc_jax.reparam import fuse
@@ -40,12 +41,7 @@ def _forms(seed: int) -> dict[str, nnx.Module]:
 
 def _predictor(model: nnx.Module):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    @jax.jit
-    def predict(params, rest, x):
-        return nnx.merge(graphdef, params, rest)(x, train=False)[0]
-
-    return predict, params, rest, sum(x.size for x in jax.tree.leaves(params))
+    return jax.jit(inference.forward(graphdef)), (params, rest), sum(x.size for x in jax.tree.leaves(params))
 
 
 def measure(batch: int, rounds: int, min_seconds: float, seed: int) -> list[dict]:
@@ -55,12 +51,12 @@ def measure(batch: int, rounds: int, min_seconds: float, seed: int) -> list[dict
     rows, calls, times, cpu_times = {}, {}, {}, {}
     with common.PeakMemory() as mem:
         for name, model in _forms(seed).items():
-            predict, params, rest, n_params = _predictor(model)
+            predict, state, n_params = _predictor(model)
             t0 = time.perf_counter()
-            compiled = predict.lower(params, rest, x).compile()
+            compiled = predict.lower(state, x).compile()
             rows[name] = {"form": name, "batch": batch, "params": n_params,
                           "compile_s": time.perf_counter() - t0}
-            calls[name] = (lambda c=compiled, p=params, r=rest: jax.block_until_ready(c(p, r, x)))
+            calls[name] = (lambda c=compiled, s=state: jax.block_until_ready(c(s, x)))
             rows[name]["logits"] = np.asarray(calls[name]())
             times[name], cpu_times[name] = [], []
         for _ in range(rounds):

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from asc_jax import distill
+from asc_jax import distill, inference
 from asc_jax.audio import augment
 from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
 from asc_jax.data.tau import CLASSES
@@ -46,15 +46,15 @@ STORE_AUG = augment.AugmentConfig(roll=augment.RollConfig(), freq_mask=augment.F
 
 
 def make_teacher(model: nnx.Module, frontend: PaSSTFrontendConfig):
+    """The jitted `inference.forward` of a PaSST with its frontend and the store's replays, as
+    `teachers.make_apply` builds it, with the weights `(params, rest)` as an argument."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    @jax.jit
-    def teacher(params, rest, wave, aug_params):
+    def replayed(wave, aug_params):
         wave = augment.apply_augment(wave, aug_params, STORE_AUG)
-        mel = augment.apply_augment(passt_logmel(wave, frontend), aug_params, STORE_AUG)
-        return nnx.merge(graphdef, params, rest)(mel, train=False)[0]
+        return augment.apply_augment(passt_logmel(wave, frontend), aug_params, STORE_AUG)
 
-    return teacher, params, rest
+    return jax.jit(inference.forward(graphdef, replayed)), (params, rest)
 
 
 def measure(size: str, batch: int, n_batches: int, iters: int, seed: int) -> dict:
@@ -66,19 +66,19 @@ def measure(size: str, batch: int, n_batches: int, iters: int, seed: int) -> dic
     with common.PeakMemory() as mem:
         t0 = time.perf_counter()
         model = build_model("passt", rngs=nnx.Rngs(seed), n_classes=len(CLASSES), **SIZES[size])
-        teacher, params, rest = make_teacher(model, frontend)
-        n_params = sum(x.size for x in jax.tree.leaves(params))
+        teacher, state = make_teacher(model, frontend)
+        n_params = sum(x.size for x in jax.tree.leaves(state[0]))
         t1 = time.perf_counter()
         wave = jax.device_put(waves[:batch])
         aug_params = sample_aug(distill.view_keys(seed, np.arange(batch), 0))  # also warms the sampler
-        compiled = teacher.lower(params, rest, wave, aug_params).compile()
+        compiled = teacher.lower(state, wave, aug_params).compile()
         t2 = time.perf_counter()
-        forward = common.time_calls(lambda: jax.block_until_ready(compiled(params, rest, wave, aug_params)),
+        forward = common.time_calls(lambda: jax.block_until_ready(compiled(state, wave, aug_params)),
                                     iters=iters, warmup=1)
         with tempfile.TemporaryDirectory() as tmp:
             t3 = time.perf_counter()
             distill.precompute(
-                Path(tmp) / "store", teachers={f"passt-{size}": lambda w, p: compiled(params, rest, w, p)},
+                Path(tmp) / "store", teachers={f"passt-{size}": lambda w, p: compiled(state, w, p)},
                 batches=[(files[i:i + batch], waves[i:i + batch]) for i in range(0, len(files), batch)],
                 n_views=1, sample_aug=sample_aug, seed=seed, class_names=CLASSES,
                 meta={"augment": augment.config_to_dict(STORE_AUG), "frontend": dataclasses.asdict(frontend),

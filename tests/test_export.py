@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from asc_jax import export as E
+from asc_jax import inference
 from asc_jax import quantize as Q
+from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import save_model
 from asc_jax.data.tau import CLASSES
 from tests.test_quantize import MEL, TINY, mels_of, scene_audio, tiny_deploy
@@ -29,7 +31,7 @@ def models():
 
 
 def _jax_logits(model, x, frontend: bool) -> np.ndarray:
-    return np.asarray(jax.jit(E.inference_fn(model, MEL if frontend else None))(x))
+    return np.asarray(jax.jit(inference.model_fn(model, logmel(MEL).features if frontend else None, jit=False))(x))
 
 
 def test_stablehlo_round_trip_with_frontend(models, tmp_path):

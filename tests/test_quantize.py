@@ -17,7 +17,7 @@ from flax import nnx
 from asc_jax import quantize as Q
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig, log_mel
-from asc_jax.checkpoint import save_model
+from asc_jax.checkpoint import load_model, save_model
 from asc_jax.data import tau
 from asc_jax.models import build_model
 from asc_jax.train import steps
@@ -335,7 +335,7 @@ def test_save_and_load_int8_model(setup, tmp_path):
     spec = {"model": {"name": "rep_mobile", "options": TINY, "deploy": True},
             "mel": dataclasses.asdict(MEL), "class_names": list(tau.CLASSES)}
     out = Q.save_quantized(tmp_path / "int8", setup["qmodel"], spec, Q.QuantConfig())
-    loaded, loaded_spec = Q.load_any(out)
+    loaded, loaded_spec = load_model(out)
     assert loaded_spec["quantization"]["memory"]["params"] == Q.memory_report(setup["qmodel"]).params
     assert all(c.dtype == jnp.int8 for c in jax.tree.leaves(nnx.state(loaded, Q.QuantWeight)))
     np.testing.assert_array_equal(logits_fn(loaded)(setup["test"]), setup["int8_logits"])
@@ -343,7 +343,7 @@ def test_save_and_load_int8_model(setup, tmp_path):
         Q.save_quantized(tmp_path / "bad", setup["model"], spec, Q.QuantConfig())
     save_model(tmp_path / "float", setup["model"], name="rep_mobile", options=TINY, deploy=True)
     with pytest.raises(ValueError, match="float model"):
-        Q.load_quantized(tmp_path / "float")
+        load_model(tmp_path / "float", form="int8")
 
 
 def test_evaluate_quantized_cli_on_generated_dataset(setup, tmp_path, capsys):

@@ -7,6 +7,7 @@ deploy model is written, evaluated and its complexity reported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -19,7 +20,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from asc_jax import complexity, evaluate, parallel
+from asc_jax import complexity, evaluate, inference, parallel
+from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
 from asc_jax.config import Config, to_dict
 from asc_jax.data import pipeline, tau
@@ -58,20 +60,15 @@ def prepare_data(config: Config) -> Data:
     return Data(root, train.clips, evaluation.clips, train.source, evaluation.source)
 
 
-def predict(eval_fn, params, rest, source: pipeline.ClipSource, mesh=None,
-            batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
-    """Logits (N, C) for every clip of `source`, in order (padded batches, masked out)."""
-    if mesh is not None:  # the batch must split evenly over the devices
-        batch_size = -(-batch_size // mesh.size) * mesh.size
-    out = []
-    for batch in pipeline.eval_batches(source, batch_size):
-        audio = batch["audio"] if mesh is None else parallel.put_eval_batch(batch["audio"], mesh)
-        logits = eval_fn(params, rest, audio)
-        # Sharded over the mesh: gather every process's rows; without a mesh this process
-        # computed all of them itself (a gather would stack every process's copy).
-        logits = np.asarray(parallel.to_host(logits) if mesh is not None else jax.device_get(logits))
-        out.append(logits[batch["mask"]])
-    return np.concatenate(out)
+def predict(eval_fn, state, source: pipeline.ClipSource, mesh=None) -> np.ndarray:
+    """Logits (N, C) for every clip of `source`, in order (`inference.predict`).
+
+    Args:
+      eval_fn: jitted `inference.forward` of the model.
+      state: its (params, batch_stats).
+      mesh: the run's mesh, to shard the batches over; None for host copies of `state`.
+    """
+    return inference.predict(functools.partial(eval_fn, state), source, EVAL_BATCH_SIZE, mesh=mesh)
 
 
 def clip_metrics(logits: np.ndarray, clips: Sequence[tau.Clip]) -> dict:
@@ -177,7 +174,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     mel_aug = dataclasses.replace(config.augment, roll=None)  # the roll ran on the host
     train_step = steps.make_train_step(graphdef, tx, config.mel, mel_aug, _loss_fn(config), key_aug,
                                        schedule=config.optim.schedule(steps_per_epoch))
-    eval_fn = steps.make_eval_fn(graphdef, config.mel)
+    # Frontend + model, compiled once for all evaluations (the state is an argument).
+    eval_fn = jax.jit(inference.forward(graphdef, logmel(config.mel).features))
 
     with TrainCheckpoints(workdir / "checkpoints", keep_best=config.keep_best) as ckpts:
         if ckpts.latest_step() is not None:
@@ -204,7 +202,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 history = []
             epoch = step // steps_per_epoch
             if epoch_end and (epoch % config.eval_every_epochs == 0 or step == total_steps):
-                metrics = clip_metrics(predict(eval_fn, state.params, state.batch_stats, data.eval_source, mesh),
+                metrics = clip_metrics(predict(eval_fn, (state.params, state.batch_stats), data.eval_source, mesh),
                                        data.eval_clips)
                 writer.write("eval", step, {k: metrics[k] for k in ("accuracy", "macro_accuracy")}
                              | {"device": metrics["device_group_accuracy"]})
@@ -233,7 +231,7 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     # fusion, saving) is local work on the same numbers everywhere.
     params, batch_stats = parallel.to_host((state.params, state.batch_stats))
     state = state.replace(params=params, batch_stats=batch_stats)
-    logits = predict(eval_fn, state.params, state.batch_stats, data.eval_source)
+    logits = predict(eval_fn, (state.params, state.batch_stats), data.eval_source)
     metrics = clip_metrics(logits, data.eval_clips)
     if primary:
         evaluate.save_report(metrics, out, prefix="final")
@@ -241,9 +239,9 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
 
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
-    deploy_graph, deploy_params, deploy_rest = nnx.split(deploy, nnx.Param, ...)
-    deploy_eval = steps.make_eval_fn(deploy_graph, config.mel)
-    deploy_logits = predict(deploy_eval, deploy_params, deploy_rest, data.eval_source)
+    deploy_graph, deploy_state = nnx.split(deploy)
+    deploy_eval = jax.jit(inference.forward(deploy_graph, logmel(config.mel).features))
+    deploy_logits = predict(deploy_eval, deploy_state, data.eval_source)
     deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
     if primary:
         evaluate.save_report(deploy_metrics, out, prefix="deploy")
@@ -258,16 +256,18 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
                "deploy_form": complexity.report(deploy, input_shape).as_dict()}
     summary = {"step": int(state.step), "finished": True, "eval": metrics, "deploy_eval": deploy_metrics,
                "deploy_max_logit_diff": max_diff, "complexity": reports}
-    if not primary:
-        return summary
-    (workdir / "complexity.json").write_text(json.dumps(reports, indent=2))
-    print("complexity (deploy model):\n" + complexity.report(deploy, input_shape).table())
+    if primary:
+        (workdir / "complexity.json").write_text(json.dumps(reports, indent=2))
+        print("complexity (deploy model):\n" + complexity.report(deploy, input_shape).table())
 
-    # The training form too: pruning rounds and finetuning start from it.
-    save_model(workdir / "model", model, name=config.model.name, options=config.model.options,
-               mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES))
-    save_model(workdir / "deploy", deploy, name=config.model.name, options=config.model.options,
-               deploy=True, mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES),
-               eval={k: deploy_metrics[k] for k in ("accuracy", "macro_accuracy")})
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        # The training form too: pruning rounds and finetuning start from it.
+        save_model(workdir / "model", model, name=config.model.name, options=config.model.options,
+                   mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES))
+        save_model(workdir / "deploy", deploy, name=config.model.name, options=config.model.options,
+                   deploy=True, mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES),
+                   eval={k: deploy_metrics[k] for k in ("accuracy", "macro_accuracy")})
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    # The others wait for process 0's files: a process that returned (and shut jax.distributed
+    # down) long before process 0 finished writing would fail the shutdown barrier's deadline.
+    parallel.barrier("finalize")
     return summary

@@ -1,7 +1,8 @@
-"""Jitted train and eval steps: log-mel + augmentation on device, then the model.
+"""The jitted train step: log-mel + augmentation on device, then the model.
 
 The step is a pure function of (TrainState, batch); its PRNG key is `fold_in(key, step)` so a
-resumed run draws exactly the augmentations the uninterrupted run would have drawn.
+resumed run draws exactly the augmentations the uninterrupted run would have drawn. Evaluation
+runs the one inference path, `asc_jax.inference`.
 """
 from __future__ import annotations
 
@@ -98,12 +99,3 @@ def make_train_step(
 
     return jax.jit(step, donate_argnums=0)
 
-
-def make_eval_fn(graphdef: nnx.GraphDef, mel_cfg: MelConfig) -> Callable[[Any, Any, jax.Array], jax.Array]:
-    """`eval(params, rest, audio (B, T)) -> logits (B, C)` in inference mode, jitted once."""
-
-    def evaluate(params, rest, audio):
-        model = nnx.merge(graphdef, params, rest)
-        return model(log_mel(audio, mel_cfg), train=False)[0]
-
-    return jax.jit(evaluate)

@@ -1,0 +1,90 @@
+"""The one inference path: the frontend + model function of a live, a saved float and a saved int8
+model equals the model applied to log_mel, and batched prediction returns every clip once, in
+order, for a count that is not a multiple of the batch."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from asc_jax import inference, parallel
+from asc_jax import quantize as Q
+from asc_jax.audio.frontends import logmel
+from asc_jax.checkpoint import read_spec
+from asc_jax.data import pipeline, tau
+from tests.test_quantize import MEL, logits_fn, mels_of, save_tiny_deploy, scene_audio
+
+N_CLIPS, BATCH = 7, 3  # 7 = 2 full batches + 1 padded
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference")
+    model = save_tiny_deploy(root / "float", seed=4)
+    qmodel = Q.post_training_quantize(model, mels_of(scene_audio(8, 22)))
+    Q.save_quantized(root / "int8", qmodel, read_spec(root / "float"), Q.QuantConfig())
+    # The clips as a TAU-layout dataset, float32 wavs so they read back bit for bit.
+    audio = scene_audio(N_CLIPS, 21)
+    (root / "data" / "audio").mkdir(parents=True)
+    rows = []
+    for i, wave in enumerate(audio):
+        name = f"audio/{tau.CLASSES[i]}-lyon-{i}-{i}-0-a.wav"
+        sf.write(root / "data" / name, wave, MEL.sample_rate, subtype="FLOAT")
+        rows.append(f"{name}\t{tau.CLASSES[i]}\tlyon-{i}\ta")
+    (root / "data" / "meta.csv").write_text(
+        "filename\tscene_label\tidentifier\tsource_label\n" + "\n".join(rows) + "\n")
+    (root / "data" / "split100.csv").write_text("filename\n" + "\n".join(r.split("\t")[0] for r in rows) + "\n")
+    clips = tau.load_split(root / "data", "100")
+    source = pipeline.ClipSource(clips, root / "data", sr=MEL.sample_rate, expected_sr=MEL.sample_rate)
+    return {"root": root, "model": model, "qmodel": qmodel, "audio": audio, "source": source}
+
+
+def _close(got, ref, rel):
+    assert np.abs(ref).max() > 1.0  # logits that differ between clips, not a constant output
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=0, atol=rel * np.abs(ref).max())
+
+
+def test_one_function_equals_the_model_on_log_mel(saved):
+    """Live, saved float and saved int8 model: frontend + model in one jitted program equals the
+    model applied to log_mel (two programs). 1e-5 of the logit scale for float (summation order);
+    1e-3 for int8, where a conv input within float rounding of a code boundary may round to the
+    neighbouring code in the other program."""
+    audio = saved["audio"]
+    ref = logits_fn(saved["model"])(mels_of(audio))
+    _close(inference.model_fn(saved["model"], logmel(MEL).features)(audio), ref, 1e-5)
+
+    float_model = inference.load(saved["root"] / "float")
+    assert float_model.frontend.describe() == {"name": "logmel", "options": dataclasses.asdict(MEL)}
+    _close(float_model.fn(audio), ref, 1e-5)
+
+    int8 = inference.load(saved["root"] / "int8")
+    assert all(c.dtype == jnp.int8 for c in jax.tree.leaves(nnx.state(int8.model, Q.QuantWeight)))
+    assert int8.spec["quantization"]["form"] == "int8"
+    _close(int8.fn(audio), logits_fn(saved["qmodel"])(mels_of(audio)), 1e-3)
+    with pytest.raises(ValueError, match="holds a saved int8 model, not float"):
+        inference.load(saved["root"] / "int8", form="float")
+
+
+def test_predict_pads_and_masks_every_clip_once_in_order(saved):
+    audio, source = saved["audio"], saved["source"]
+
+    def fn(a):  # two outputs, to check that any pytree of rows comes back
+        return {"head": a[:, :5], "energy": jnp.sum(a ** 2, axis=-1)}
+
+    for src in (source, audio):
+        out = inference.predict(fn, src, BATCH)
+        np.testing.assert_array_equal(out["head"], audio[:, :5])
+        np.testing.assert_allclose(out["energy"], np.sum(audio ** 2, axis=-1), rtol=1e-5)
+    # Placed on a (one-device) mesh and gathered: the same rows.
+    sharded = inference.predict(fn, source, BATCH, mesh=parallel.make_mesh(1))
+    np.testing.assert_array_equal(sharded["head"], audio[:, :5])
+
+    float_model = inference.load(saved["root"] / "float")
+    logits = inference.predict(float_model.fn, source, BATCH)
+    assert logits.shape == (N_CLIPS, len(tau.CLASSES))
+    _close(logits, logits_fn(saved["model"])(mels_of(audio)), 1e-5)
+    empty = inference.predict(float_model.fn, np.zeros((0, audio.shape[1]), np.float32), BATCH)
+    assert empty.shape == (0, len(tau.CLASSES)) and empty.dtype == np.float32
