@@ -195,6 +195,13 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Every process waits here for all the others (no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def to_host(tree: Any) -> Any:
     """Numpy copies of global arrays on every process (gathers shards held by other hosts)."""
     if jax.process_count() == 1:
