@@ -3,7 +3,7 @@
     python train.py --config configs/demo.py --workdir runs/demo
 
 Generates the dataset on first use (data/synthetic_tau: 3,000 train + 900 test clips, under a
-minute), then trains the full Rep-Mobile for 6 epochs (282 steps of 64 clips) on the CPU or
+minute), then trains the full Rep-Mobile for 6 epochs (276 steps of 64 clips) on the CPU or
 accelerator. Expected on 2 CPU cores: ~6-10 minutes, eval macro-class accuracy well above chance
 (0.10); see README for measured numbers. Writes checkpoints, metrics, plots, the fused deploy
 model and its complexity report into the workdir.
