@@ -15,13 +15,19 @@ import pytest
 from flax import nnx
 
 from asc_jax import complexity
+from asc_jax.audio.augment import AugmentConfig
+from asc_jax.audio.features import MelConfig
 # Importing the model modules registers them.
 from asc_jax.models import bc_resnet, cp_resnet, ecapa_tdnn, mobilenet, resnet34, tf_sepnet  # noqa: F401
 from asc_jax.models.registry import build_model
 from asc_jax.reparam import bn_epsilons, fuse, fuse_tree
 from asc_jax.surgery import check_tree_match
+from asc_jax.train import steps
+from asc_jax.train.state import create_train_state
 
 SHAPE = (1, 256, 63)
+MEL = MelConfig()  # the 256-bin log-mel frontend the default configs (and the teachers) expect
+NO_AUG = AugmentConfig(roll=None, freq_mask=None, mixstyle=None)
 STUDENTS = ("cp_resnet", "bc_resnet", "tf_sepnet", "mobilenet")  # DCASE-scale defaults
 TEACHERS = ("ecapa_tdnn", "resnet34")
 PINNED = {  # name: (params, MACs) on 1x256x63
@@ -150,22 +156,38 @@ def _compile(fn, *args):
     return jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
-def _grad_and_new_rest(model, x, y):
-    """One functional training step: logits, aux, gradients, and the non-param state (BatchStats,
-    dropout RNG) before and after."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def _recorded_grads() -> optax.GradientTransformation:
+    """Passes gradients through unchanged and keeps the last ones as its state, so a test can
+    read the exact gradients of the production step. Host zeros as the initial state: eager
+    `jnp.zeros_like` would compile once per parameter shape."""
+    def init(params):
+        return jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
+    return optax.GradientTransformation(init, lambda grads, state, params=None: (grads, grads))
 
-    def grads_fn(params, rest):
-        def loss_fn(params):
-            # copy=True: fresh Variables at this trace level, which train-mode BN may update.
-            m = nnx.merge(graphdef, params, rest, copy=True)
-            logits, aux = m(x, train=True)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits, aux, nnx.state(m, nnx.Not(nnx.Param)))
-        return jax.grad(loss_fn, has_aux=True)(params)
 
-    grads, (logits, aux, new_rest) = _compile(grads_fn, params, rest)(params, rest)
-    return logits, aux, grads, rest, new_rest
+def _production_step(model, audio, labels):
+    """One `steps.make_train_step` step (no augmentation, SGD): (logits, aux shapes, gradients,
+    BatchStats before, BatchStats after). Aux comes from an abstract forward pass (shapes only:
+    the step returns no intermediates)."""
+    tx = optax.chain(_recorded_grads(), optax.sgd(1e-3))
+    graphdef, state = create_train_state(model, tx)
+    mel = jax.ShapeDtypeStruct((audio.shape[0], MEL.n_mels, MEL.n_frames(audio.shape[1])), jnp.float32)
+    aux = jax.eval_shape(lambda p, r, x: nnx.merge(graphdef, p, r)(x, train=False)[1],
+                         state.params, state.batch_stats, mel)
+
+    def loss_fn(logits, batch):
+        loss, metrics = steps.classification_loss(logits, batch)
+        return loss, {**metrics, "logits": logits}
+
+    step = steps.make_train_step(graphdef, tx, MEL, NO_AUG, loss_fn, jax.random.key(0))
+    batch = {"audio": audio, "label": labels}
+    # These graphs run once, so compile at XLA's lowest backend optimisation level (as _compile).
+    compiled = step.lower(state, batch).compile(compiler_options={"xla_backend_optimization_level": 0})
+    before = [(p, np.array(v[...])) for p, v in nnx.to_flat_state(state.batch_stats.filter(nnx.BatchStat))]
+    new_state, metrics = compiled(state, batch)  # donates `state`
+    assert int(new_state.step) == 1
+    after = nnx.to_flat_state(new_state.batch_stats.filter(nnx.BatchStat))
+    return metrics["logits"], aux, new_state.opt_state[0], before, after
 
 
 # Compilation dominates these tests on CPU, so the deep models run shallow variants that keep every
@@ -185,8 +207,8 @@ SMOKE = {
 def test_forward_backward_smoke(name):
     overrides, frames = SMOKE[name]
     model = _filled(name, random=True, **overrides)
-    x = jax.random.normal(jax.random.key(1), (2, 256, frames))
-    logits, aux, grads, rest, new_rest = _grad_and_new_rest(model, x, jnp.array([3, 7]))
+    audio = 0.1 * jax.random.normal(jax.random.key(1), (2, (frames - 1) * MEL.hop_length))
+    logits, aux, grads, before, after = _production_step(model, audio, jnp.array([3, 7]))
     assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
     assert aux["stem"].shape[0] == 2 and len(aux["stages"]) >= 3
     assert aux["pre_logits"].ndim == 2 and aux["pre_logits"].shape[0] == 2
@@ -197,8 +219,6 @@ def test_forward_backward_smoke(name):
     assert not dead, dead
     # Train mode updates every BatchNorm's running statistics (the mean alone may stay put: a BN
     # fed by a zero-mean batch-normalised layer sees a zero batch mean).
-    before = nnx.to_flat_state(rest.filter(nnx.BatchStat))
-    after = nnx.to_flat_state(new_rest.filter(nnx.BatchStat))
     changed = {}
     for (path, old), (_, new) in zip(before, after):
         changed[path[:-1]] = changed.get(path[:-1], False) or not np.allclose(old[...], new[...])

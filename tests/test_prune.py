@@ -15,12 +15,18 @@ import pytest
 from flax import nnx
 
 from asc_jax import complexity, prune
+from asc_jax.audio.augment import AugmentConfig
+from asc_jax.audio.features import MelConfig
 from asc_jax.models import build_model
 from asc_jax.models.rep_mobile import RepMobile, RepMobileConfig
 from asc_jax.reparam import fuse
 from asc_jax.surgery import flatten, load_into, module_tree
+from asc_jax.train import steps
+from asc_jax.train.state import create_train_state
 
 X_SHAPE = (2, 64, 32)  # small log-mel batch: every stride of the family still applies
+MEL = MelConfig(n_mels=X_SHAPE[1])  # the frontend of the training steps below
+NO_AUG = AugmentConfig(roll=None, freq_mask=None, mixstyle=None)
 
 
 def random_model(build, seed=0, grn=0.0):
@@ -270,29 +276,19 @@ def test_masked_pruning_wrapper():
 # --- slicing -------------------------------------------------------------------------------
 
 def _train_steps(model, tx, n_steps, seed=0):
-    """A few masked optimisation steps on random data (train mode: BN statistics move)."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, rest, opt_state, x, y):
-        def loss_fn(params, rest):
-            m = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables at this trace level
-            out, _ = m(x, train=True)
-            return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), nnx.split(m, nnx.Param, ...)[2]
-
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, loss
-
+    """A few production train steps (`steps.make_train_step`, no augmentation) on random audio
+    whose log-mel has X_SHAPE's (64 mels, 32 frames): train mode, so BN statistics move."""
+    graphdef, state = create_train_state(model, tx)
+    step = steps.make_train_step(graphdef, tx, MEL, NO_AUG, steps.classification_loss, jax.random.key(seed))
     key = jax.random.key(seed)
     losses = []
     for i in range(n_steps):
         kx, ky = jax.random.split(jax.random.fold_in(key, i))
-        params, rest, opt_state, loss = step(params, rest, opt_state, jax.random.normal(kx, (4,) + X_SHAPE[1:]),
-                                             jax.random.randint(ky, (4,), 0, 10))
-        losses.append(float(loss))
-    return nnx.merge(graphdef, params, rest), opt_state, losses
+        audio = 0.1 * jax.random.normal(kx, (4, (X_SHAPE[2] - 1) * MEL.hop_length))
+        state, metrics = step(state, {"audio": audio, "label": jax.random.randint(ky, (4,), 0, 10)})
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == n_steps
+    return nnx.merge(graphdef, state.params, state.batch_stats), state.opt_state, losses
 
 
 def test_masked_finetuning_then_slicing_is_exact():
