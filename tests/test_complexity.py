@@ -1,5 +1,4 @@
 """Complexity counting: DCASE convention rules and XLA cross-check."""
-import jax.numpy as jnp
 import pytest
 from flax import nnx
 

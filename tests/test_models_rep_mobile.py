@@ -1,5 +1,4 @@
 """Rep-Mobile / CP-Mobile / DCASE2024 baseline: structure, pinned complexity, fusion."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
