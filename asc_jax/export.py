@@ -25,8 +25,12 @@ its ~1,500 plugins on its first conversion:
   * its Flax NNX plugin patches `nnx.avg_pool` with a keyword-only `window_shape` and string
     padding, which breaks Rep-Mobile's `avg_pool_3x3` (positional window, explicit padding).
 So the model is converted as a plain function (weights closed over) with only jax2onnx's lax/jnp
-plugins loaded. If the Flax plugins were already loaded in this process, export_onnx refuses
-with an error that says so (use a fresh process).
+plugins loaded. jax2onnx 0.17.1 has no option for that: the conversion calls its plugin discovery
+function `import_all_plugins` by name, so it is replaced for the duration of the conversion and
+restored afterwards. That relies on jax2onnx internals, so it runs only with the versions it was
+tested on (JAX2ONNX_TESTED, the range of the deploy extra in pyproject.toml) and any other version
+is refused with an error rather than patched blindly. If the Flax plugins were already loaded in
+this process, export_onnx refuses with an error that says so (use a fresh process).
 
 CLI: python -m asc_jax.export --checkpoint <workdir>/deploy --out <workdir>/export
 """
@@ -36,9 +40,11 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import pkgutil
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -151,9 +157,40 @@ def load_stablehlo(path: str | Path) -> tuple[jax.export.Exported, dict[str, Any
 # ONNX
 # ---------------------------------------------------------------------------------------------
 
+# jax2onnx versions _jax2onnx_plugins_for_lax was tested with: [low, high), as in pyproject.toml's
+# deploy extra. Widen both together, after checking that the plugin discovery function still has
+# the same name and owners, that plugins/jax still holds the lax/jnp plugins, and tests/test_export.py.
+JAX2ONNX_TESTED = ((0, 17, 1), (0, 18))
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(0, 17, 1) of "0.17.1" (also of "0.17.1rc1", "0.17.1.dev3+g1234")."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    if match is None:
+        raise ValueError(f"cannot read version {version!r}")
+    return tuple(int(part) for part in match.group().split("."))
+
+
+def _check_jax2onnx_version() -> None:
+    version = importlib.metadata.version("jax2onnx")
+    low, high = JAX2ONNX_TESTED
+    if not low <= _release(version) < high:
+        tested = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+        raise RuntimeError(
+            f"ONNX export replaces jax2onnx's plugin discovery (asc_jax/export.py) and is tested only "
+            f"with jax2onnx{tested}; jax2onnx {version} is installed. Install a tested version "
+            "(pip install -c scripts/constraints.txt -e '.[deploy]'), or check the workaround against "
+            "this version and widen JAX2ONNX_TESTED and the deploy extra.")
+
+
 @contextlib.contextmanager
 def _jax2onnx_plugins_for_lax() -> Iterator[Any]:
-    """jax2onnx with only its lax/jnp plugins discoverable during the conversion (module docstring)."""
+    """jax2onnx with only its lax/jnp plugins discoverable during the conversion (module docstring).
+
+    Raises:
+      RuntimeError: jax2onnx is not a tested version, or its Flax plugins are already loaded.
+    """
+    _check_jax2onnx_version()
     import jax2onnx
     from jax2onnx.converter import conversion_api
     from jax2onnx.plugins import plugin_system
@@ -172,9 +209,10 @@ def _jax2onnx_plugins_for_lax() -> Iterator[Any]:
             importlib.import_module(info.name)
         loaded.add(True)
 
-    # The discovery function is looked up by name in these two modules at conversion time.
-    owners = [m for m in (conversion_api, plugin_system) if hasattr(m, "import_all_plugins")]
-    originals = [m.import_all_plugins for m in owners]
+    # The conversion looks the discovery function up by name in these two modules (conversion_api
+    # imported it from plugin_system).
+    owners = (conversion_api, plugin_system)
+    originals = [owner.import_all_plugins for owner in owners]
     try:
         for owner in owners:
             owner.import_all_plugins = import_lax_plugins

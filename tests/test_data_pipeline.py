@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from absl import flags
 
 from asc_jax.data import pipeline, tau
 
@@ -182,8 +183,21 @@ def test_tau_rate_clips_are_resampled_and_length_checked(tmp_path):
         next(iter(pipeline.train_dataset([ok, short], root=tmp_path, batch_size=2, seed=0)))
 
 
+def _absl_flags_state() -> tuple[bool, dict, set]:
+    """(parsed?, every flag's value, the flags marked as given on the command line)."""
+    given = {name for name in flags.FLAGS if flags.FLAGS[name].present}
+    return flags.FLAGS.is_parsed(), flags.FLAGS.flag_values_dict(), given
+
+
 @pytest.mark.slow
-def test_worker_processes_give_the_same_stream(source):
+def test_worker_processes_give_the_same_stream(source, monkeypatch):
+    """Also: workers start in a process that never parsed absl flags (grain 0.2.18 reads one of
+    its flags there, see pipeline._make_grain_worker_flag_readable), and the global FLAGS are
+    left as they were: still unparsed if they were, every value unchanged, and no flag but
+    that one of grain's marked as given."""
+    # As in a fresh script, whichever test ran before in this process.
+    monkeypatch.setattr(flags.FLAGS[pipeline._GRAIN_WORKER_PROFILING_FLAG], "present", 0)
+    parsed, values, present = _absl_flags_state()
     plain = iter(pipeline.train_dataset(source, batch_size=8, seed=2, sr=SR))
     workers = iter(pipeline.train_dataset(source, batch_size=8, seed=2, sr=SR, worker_count=1))
     for _ in range(3):
@@ -199,3 +213,6 @@ def test_worker_processes_give_the_same_stream(source):
         np.testing.assert_array_equal(want[key], got[key])
     for it in (workers, resumed):
         it.close()
+    after_parsed, after_values, after_present = _absl_flags_state()
+    assert after_parsed == parsed and after_values == values
+    assert after_present - present <= {pipeline._GRAIN_WORKER_PROFILING_FLAG}

@@ -1,7 +1,9 @@
 """Export: StableHLO (waveform in, serialized and reloaded) and ONNX (run by onnxruntime), each
 compared with the JAX model on generated audio, for the float and the int8 deploy model."""
 import dataclasses
+import importlib.metadata
 import json
+import re
 import sys
 
 import jax
@@ -62,7 +64,11 @@ def test_onnx_log_mel_input_dynamic_batch(models, tmp_path):
     import onnx
     import onnxruntime as ort
 
+    discovery = _plugin_discovery()
     path = E.export_onnx(models["float"], tmp_path / "float.onnx", mel=MEL)
+    # The plugin workaround is undone after the export, and it kept the Flax plugins unloaded.
+    assert _plugin_discovery() == discovery and discovery[0] is discovery[1]
+    assert "jax2onnx.plugins.flax.nnx.avg_pool" not in sys.modules
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["mel_config"]) == dataclasses.asdict(MEL)
@@ -74,6 +80,41 @@ def test_onnx_log_mel_input_dynamic_batch(models, tmp_path):
     for n in (3, 1):
         out = session.run(None, {"log_mel": models["mels"][:n]})[0]
         np.testing.assert_allclose(out, ref[:n], rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def _plugin_discovery():
+    """jax2onnx's plugin discovery function, where the conversion looks it up."""
+    from jax2onnx.converter import conversion_api
+    from jax2onnx.plugins import plugin_system
+
+    return conversion_api.import_all_plugins, plugin_system.import_all_plugins
+
+
+def _fake_jax2onnx_version(monkeypatch, version: str) -> None:
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version if name == "jax2onnx" else real(name))
+
+
+def test_onnx_plugin_workaround_runs_only_on_tested_jax2onnx(models, tmp_path, monkeypatch):
+    """The workaround patches jax2onnx internals, so any jax2onnx outside JAX2ONNX_TESTED (the
+    deploy extra's range) is refused before anything is patched or written."""
+    discovery = _plugin_discovery()
+    for version in ("0.17.0", "0.18.0", "1.0.0", "0.16.9"):
+        _fake_jax2onnx_version(monkeypatch, version)
+        with pytest.raises(RuntimeError, match=rf"jax2onnx>=0\.17\.1,<0\.18; jax2onnx {re.escape(version)} is"):
+            E.export_onnx(models["float"], tmp_path / "x.onnx", mel=MEL)
+        assert _plugin_discovery() == discovery
+    assert not (tmp_path / "x.onnx").exists()
+    # Inside the tested range the discovery is replaced while the context lasts, in both places,
+    # and restored when the conversion fails too.
+    for version in ("0.17.1", "0.17.4rc1"):
+        _fake_jax2onnx_version(monkeypatch, version)
+        with pytest.raises(ValueError, match="conversion failed"):
+            with E._jax2onnx_plugins_for_lax():
+                patched = _plugin_discovery()
+                assert patched[0] is patched[1] and patched[0] is not discovery[0]
+                raise ValueError("conversion failed")
+        assert _plugin_discovery() == discovery
 
 
 def test_onnx_int8_with_frontend(models, tmp_path):

@@ -301,6 +301,32 @@ def _as_source(clips: Sequence[Clip] | ClipSource, root: str | Path | None, sr: 
     return ClipSource(clips, root, sr=sr, cache=cache)
 
 
+# grain 0.2.18 reads this absl flag of its own whenever it starts a worker process
+# (`ProcessPrefetchIterDataset.__iter__`), and absl refuses to read a flag before FLAGS are
+# parsed, which never happens in a script that does not run absl.app (google/grain#1355; fixed
+# upstream by google/grain#1362, not in 0.2.18, the newest release). grain.config cannot set it
+# (it covers other flags, and also writes them through absl).
+_GRAIN_WORKER_PROFILING_FLAG = "grain_enable_multiprocess_worker_profiling"
+
+
+def _make_grain_worker_flag_readable() -> None:
+    """Gives grain's worker-profiling flag its default value as if parsed from the command line.
+
+    Only that flag and only while it is unreadable: FLAGS stay unparsed and every value stays
+    as it was, so a later absl.app.run / FLAGS(argv) parses the command line as usual (it may
+    still set this flag). Marking all of FLAGS as parsed (the workaround suggested upstream)
+    would make code that parses only `if not FLAGS.is_parsed()` skip the command line. It
+    cannot be set and restored around a call: grain reads the flag later, on its own
+    iterator-making threads, and again whenever it makes a new worker iterator (set_state).
+    Delete this once the grain in scripts/constraints.txt contains the upstream fix.
+    """
+    if flags.FLAGS.is_parsed() or _GRAIN_WORKER_PROFILING_FLAG not in flags.FLAGS:
+        return
+    flag = flags.FLAGS[_GRAIN_WORKER_PROFILING_FLAG]
+    if not flag.present:
+        flag.parse(flag.default)
+
+
 def train_dataset(
     clips: Sequence[Clip] | ClipSource,
     *,
@@ -352,10 +378,7 @@ def train_dataset(
     ds = ds.batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2))
     if worker_count > 0:
-        # grain 0.2.18 reads an absl flag in mp_prefetch and fails when a script never parsed
-        # absl flags (google/grain#1355, fixed upstream by #1362): use the flag defaults.
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
+        _make_grain_worker_flag_readable()
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer_size)
         )
