@@ -337,14 +337,6 @@ class TrainCheckpoints:
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(data_iterator))).state
 
-    def best_step(self) -> int | None:
-        return self.best.best_step()
-
-    def restore_best(self, abstract_state: Any) -> Any:
-        step = self.best.best_step()
-        return self._restore(self.best, step, ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state))).state
-
     def last_good(self) -> str:
         """Names the newest checkpoint on disk that was verified finite when saved, or says none is.
 

@@ -36,7 +36,3 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> t
     graphdef, params, rest = split_model(model)
     return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=rest,
                                 opt_state=tx.init(params))
-
-
-def merge(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
-    return nnx.merge(graphdef, state.params, state.batch_stats)
