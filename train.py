@@ -8,8 +8,7 @@ import argparse
 from asc_jax import setup_logging
 
 from asc_jax.config import load_config, override
-from asc_jax.train import train_and_evaluate
-from asc_jax.train.progressive import train_and_prune
+from asc_jax.train import run
 
 
 def main(argv=None) -> None:
@@ -23,10 +22,7 @@ def main(argv=None) -> None:
     config = load_config(args.config)
     for assignment in args.set:
         config = override(config, assignment)
-    if config.prune is not None:  # phases: dense training, then prune + finetune rounds
-        train_and_prune(config, args.workdir)
-    else:
-        train_and_evaluate(config, args.workdir)
+    run(config, args.workdir)  # pruning configs: dense training, then prune + finetune phases
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import optax
 from flax import nnx
@@ -188,3 +189,59 @@ def to_dict(config: Any) -> Any:
     if isinstance(config, tuple):
         return [to_dict(v) for v in config]
     return config
+
+
+# Fields that may differ between a run and its continuation (or a finished run and a rerun of its
+# command): they bound how far a run goes, not what it computes.
+RESUMABLE_FIELDS = ("max_steps",)
+_ABSENT = object()  # a stored value nothing equals: the run had no value for this field
+
+
+def config_diff(stored: Any, current: Config, *, ignore: Sequence[str] = RESUMABLE_FIELDS) -> list[str]:
+    """Dotted fields where a run's stored config (its config.json, as loaded) differs from `current`.
+
+    A field the stored config lacks was added to the config classes after the run: it differs only
+    if `current` sets it away from its default (the default keeps the old behaviour, so a run
+    survives code growth). A field only the stored config has (since removed) differs. Where the
+    run stored a value (e.g. prune=None) and `current` has a section, every field of the section
+    differs. Free-form mappings (model.options, data.synthetic) are compared whole.
+
+    Args:
+      stored: the run's config as JSON gave it back.
+      current: the config now asked for.
+      ignore: dotted fields (and the fields below them) never reported.
+
+    Returns:
+      The differing fields in declaration order ([] when the run can go on with `current`).
+    """
+    return [name for name in _diff(stored, current, ())
+            if not any(name == f or name.startswith(f + ".") for f in ignore)]
+
+
+def _diff(stored: Any, current: Any, path: tuple[str, ...]) -> Iterator[str]:
+    if not dataclasses.is_dataclass(current):
+        if stored is _ABSENT or stored != _json(current):
+            yield ".".join(path)
+        return
+    fields = dataclasses.fields(current)
+    node = stored if isinstance(stored, Mapping) else {}
+    for field in fields:
+        # A field missing from a stored section had its default; one under a stored non-section
+        # value (or with no default) had nothing comparable.
+        default = _field_default(field) if isinstance(stored, Mapping) else _ABSENT
+        yield from _diff(node.get(field.name, default), getattr(current, field.name), path + (field.name,))
+    names = {f.name for f in fields}
+    yield from (".".join(path + (key,)) for key in node if key not in names)
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return _json(field.default)
+    if field.default_factory is not dataclasses.MISSING:
+        return _json(field.default_factory())
+    return _ABSENT
+
+
+def _json(value: Any) -> Any:
+    """`value` as config.json gives it back (tuples as lists, keys as strings)."""
+    return json.loads(json.dumps(to_dict(value)))

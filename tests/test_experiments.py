@@ -260,41 +260,42 @@ def test_smoke_table_ii_through_the_cli_isolates_failures_and_rerun_is_cached(tm
 
 
 def test_runner_train_dispatches_like_train_py(monkeypatch, tmp_path):
-    """`runner.train` (the CLI's default train_fn) is train.py's dispatch: pruning configs run
-    their phases, the rest one train_and_evaluate; both of those are tested end to end elsewhere."""
+    """`asc_jax.train.run` is the one dispatch, called by train.py and by the runner (the CLI's
+    default train_fn): pruning configs run their phases, the rest one train_and_evaluate; both of
+    those are tested end to end elsewhere."""
+    import inspect
+
     import asc_jax.train
+    import train as train_py
     from asc_jax.config import load_config
-    from asc_jax.experiments import runner
     from asc_jax.prune import PruneConfig
     from asc_jax.train import progressive
+    assert train_py.run is asc_jax.train.run
+    assert inspect.signature(execute).parameters["train_fn"].default is asc_jax.train.run
     called = []
     monkeypatch.setattr(asc_jax.train, "train_and_evaluate", lambda c, w: called.append(("dense", w)) or {})
     monkeypatch.setattr(progressive, "train_and_prune", lambda c, w: called.append(("prune", w)) or {})
     config = load_config("configs/demo.py")
-    runner.train(config, tmp_path / "a")
-    runner.train(dataclasses.replace(config, prune=PruneConfig(sparsity=0.5)), tmp_path / "b")
+    asc_jax.train.run(config, tmp_path / "a")
+    asc_jax.train.run(dataclasses.replace(config, prune=PruneConfig(sparsity=0.5)), tmp_path / "b")
     assert called == [("dense", tmp_path / "a"), ("prune", tmp_path / "b")]
 
 
-def test_stale_config_detection(tmp_path):
-    from asc_jax.config import load_config, override
-    from asc_jax.experiments.runner import stale_config
-    config = load_config("configs/demo.py")
-    stored = to_dict(config)
-    del stored["optim"]["b2"]  # a field added to OptimConfig after the run: not a difference
-    (tmp_path / "config.json").write_text(json.dumps({**stored, "max_steps": 7}))
-    assert stale_config(tmp_path, config) == []
-    assert stale_config(tmp_path, override(config, "model.options.base_channels=64")) == ["model.options"]
-    assert stale_config(tmp_path, override(config, "optim.b2=0.99")) == ["optim.b2"]  # not the default
-    assert stale_config(tmp_path, override(config, "optim.b1=0.8")) == ["optim.b1"]
-    assert stale_config(tmp_path, override(config, "seed=5")) == ["seed"]
-    # A whole section added after the run: its default (here None) is what the run had.
-    del stored["prune"]
-    (tmp_path / "config.json").write_text(json.dumps(stored))
-    assert stale_config(tmp_path, config) == []
-    from asc_jax.prune import PruneConfig
-    stale = stale_config(tmp_path, dataclasses.replace(config, prune=PruneConfig(sparsity=0.5)))
-    assert stale and all(k.startswith("prune.") for k in stale), stale
+def test_a_row_whose_config_cannot_load_fails_only_its_runs(tmp_path):
+    """Smoke planning reads each row's model name; a config that cannot be loaded (missing file,
+    bad variant) still plans, and `check` fails that run with the loading error. Any other
+    error in a config file is a bug and is not swallowed."""
+    table = Table("T", "T", rows=(Row("gone", "Gone", str(tmp_path / "missing.py")),
+                                  Row("typo", "Typo", "configs/demo.py:epoch=1")))
+    runs = plan(table, data="D", workdir=tmp_path, seeds=(0,), smoke=True)
+    (gone, _), (typo, _) = (check(r) for r in runs)
+    assert gone.state == "failed" and gone.reason.startswith("config: FileNotFoundError"), gone.reason
+    assert typo.state == "failed" and "unknown variant 'epoch'" in typo.reason, typo.reason
+    buggy = tmp_path / "buggy.py"
+    buggy.write_text("def get_config(arg):\n    return 1 / 0\n")
+    with pytest.raises(ZeroDivisionError):
+        plan(Table("T", "T", rows=(Row("bug", "Bug", str(buggy)),)), data="D", workdir=tmp_path,
+             seeds=(0,), smoke=True)
 
 
 @pytest.mark.slow

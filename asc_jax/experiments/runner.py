@@ -25,14 +25,14 @@ from asc_jax.config import Config, load_config, override, to_dict
 from asc_jax.experiments.tables import (
     DEFAULT_SEEDS, PAPER_SPLITS, SMOKE_MODEL_OPTIONS, SMOKE_OVERRIDES, SMOKE_SPLIT, Row, Table)
 from asc_jax.registry import Registry
+from asc_jax.train import check_resumable
+from asc_jax.train import run as run_training
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = "summary.json"
 ERROR = "error.txt"
-# Config fields allowed to differ between a finished run and the current plan (as in the loop).
-_RESUMABLE_FIELDS = ("max_steps",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +117,14 @@ def _smoke_overrides(table: Table, spec: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=None)
 def _model_name(spec: str) -> str | None:
     """The model a config builds, or None if the config cannot be loaded (the run then fails
-    with the loading error, which `check` reports)."""
+    with the loading error, which `check` reports).
+
+    Only the errors `load_config` raises for a config that cannot be loaded count (a missing
+    file, no get_config or a wrong return, a bad variant); any other is a bug and propagates.
+    """
     try:
         return load_config(_resolve_path(spec)).model.name
-    except Exception:  # noqa: BLE001 - reported by check()
+    except (OSError, AttributeError, TypeError, ValueError):
         return None
 
 
@@ -222,65 +226,6 @@ def read_summary(workdir: Path) -> dict[str, Any] | None:
     return summary if summary.get("finished") is True else None
 
 
-def stale_config(workdir: Path, config: Config) -> list[str]:
-    """Dotted config fields where the run stored in `workdir` differs from `config`.
-
-    A field that the stored config lacks was added to the config classes after the run; it is a
-    difference only if `config` sets it away from its default (the default keeps the old
-    behaviour, so a finished grid survives code growth). Free-form mappings (model.options,
-    data.synthetic) are compared whole.
-    """
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        return []
-    stored = json.loads(path.read_text())
-    stale = []
-    for keys, value, defaults in _leaves(config):
-        if keys[0] in _RESUMABLE_FIELDS:
-            continue
-        node = stored
-        for key, default in zip(keys, defaults):
-            if not isinstance(node, dict):
-                break  # the stored run has a value (e.g. prune=None) where `config` has fields
-            node = node.get(key, default)
-        if node is _ABSENT or node != value:
-            stale.append(".".join(keys))
-    return stale
-
-
-_ABSENT = object()  # default of a field without one
-
-
-def _leaves(config: Any, keys: tuple[str, ...] = (), defaults: tuple[Any, ...] = ()
-            ) -> Iterable[tuple[tuple[str, ...], Any, tuple[Any, ...]]]:
-    """(field path, JSON value, JSON default of each field on the path) of every non-dataclass
-    field of a config."""
-    if not dataclasses.is_dataclass(config):
-        yield keys, _json(config), defaults
-        return
-    for field in dataclasses.fields(config):
-        if field.default is not dataclasses.MISSING:
-            default = _json(field.default)
-        elif field.default_factory is not dataclasses.MISSING:
-            default = _json(field.default_factory())
-        else:
-            default = _ABSENT
-        yield from _leaves(getattr(config, field.name), keys + (field.name,), defaults + (default,))
-
-
-def _json(value: Any) -> Any:
-    return json.loads(json.dumps(to_dict(value)))
-
-
-def train(config: Config, workdir: Path) -> dict[str, Any]:
-    """Runs one config exactly as train.py does (pruning configs run their phases)."""
-    from asc_jax.train import train_and_evaluate
-    from asc_jax.train.progressive import train_and_prune
-    if config.prune is not None:
-        return train_and_prune(config, workdir)
-    return train_and_evaluate(config, workdir)
-
-
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     run: Run
@@ -296,13 +241,11 @@ def check(run: Run) -> tuple[Outcome, Config | None]:
     except Exception as e:  # noqa: BLE001 - any config error fails this run, not the grid
         return Outcome(run, "failed", f"config: {type(e).__name__}: {e}"), None
     try:
-        stale = stale_config(run.workdir, config)
+        # A finished run is cached only if it ran this config (the check train.py's resume makes).
+        check_resumable(run.workdir, config)
         finished = read_summary(run.workdir) is not None
-    except ValueError as e:  # unreadable config.json / summary.json
-        return Outcome(run, "failed", f"{run.workdir}: {e}"), None
-    if stale:
-        return Outcome(run, "failed", f"{run.workdir} holds a run with a different config "
-                                      f"(fields {stale}); delete it or restore the old config"), None
+    except ValueError as e:  # a different config; an unreadable config.json / summary.json
+        return Outcome(run, "failed", str(e)), None
     if finished:
         return Outcome(run, "cached"), None
     reason = unmet_requirement(run.row, config)
@@ -311,14 +254,14 @@ def check(run: Run) -> tuple[Outcome, Config | None]:
     return Outcome(run, "planned"), config
 
 
-def execute(runs: Iterable[Run], *, train_fn: Callable[[Config, Path], dict] = train,
+def execute(runs: Iterable[Run], *, train_fn: Callable[[Config, Path], dict] = run_training,
             after_each: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
     """Runs every run that is not finished or skipped, in order; one failure does not stop the
     grid (its traceback goes to `<workdir>/error.txt`).
 
     Args:
       runs: planned runs.
-      train_fn: (config, workdir) -> summary; `train` unless testing.
+      train_fn: (config, workdir) -> summary; `asc_jax.train.run` (what train.py runs) unless testing.
       after_each: called with the outcomes so far after every run (e.g. to refresh the report).
 
     Returns:

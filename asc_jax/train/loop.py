@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from asc_jax import complexity, evaluate, inference, parallel
 from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
-from asc_jax.config import Config, to_dict
+from asc_jax.config import Config, config_diff, to_dict
 from asc_jax.data import pipeline, tau
 from asc_jax.models import with_default_lowering
 from asc_jax.reparam import fuse
@@ -34,8 +34,6 @@ from asc_jax.train.state import TrainState, create_train_state
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 64
-# Fields that may differ between an interrupted run and its resumption.
-_RESUMABLE_FIELDS = ("max_steps",)
 
 
 @dataclasses.dataclass
@@ -75,25 +73,33 @@ def clip_metrics(logits: np.ndarray, clips: Sequence[tau.Clip]) -> dict:
     return evaluate.compute_metrics(logits, np.array([c.label for c in clips]), [c.device for c in clips])
 
 
-def _check_config(workdir: Path, config: Config) -> None:
-    """On resume, refuses a config that differs from the run's stored config.json."""
-    path = workdir / "config.json"
-    current = to_dict(config)
-    if path.exists():
+def check_resumable(workdir: str | Path, config: Config) -> None:
+    """Refuses to go on with a run in `workdir` whose stored config.json differs from `config`
+    (`config.config_diff`: fields added to the code since, at their defaults, and
+    config.RESUMABLE_FIELDS do not count). A workdir without config.json is a new run.
+
+    Raises:
+      ValueError: naming the differing fields, or config.json if it is not valid JSON.
+    """
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return
+    try:
         stored = json.loads(path.read_text())
-        ignore = set(_RESUMABLE_FIELDS)
-        diff = sorted(k for k in set(stored) | set(current)
-                      if k not in ignore and stored.get(k) != json.loads(json.dumps(current.get(k))))
-        if diff:
-            raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); "
-                             "use a new --workdir or the original config")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it to start the run afresh") from None
+    diff = config_diff(stored, config)
+    if diff:
+        raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); "
+                         "use another workdir (or delete this one) or the original config")
 
 
-def _write_config(workdir: Path, config: Config) -> None:
-    """Records the run's config, once it has been validated and its model built: a command that
-    fails on a typo leaves no config behind to refuse the corrected command."""
+def record_config(workdir: str | Path, config: Config) -> None:
+    """Records the run's config (what `check_resumable` compares with), once it has been validated
+    and its model built: a command that fails on a typo leaves no config behind to refuse the
+    corrected command. One writer (the primary process) when several hosts share the workdir."""
     if parallel.is_primary():
-        (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        (Path(workdir) / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
 
 def _teacher_extras(config: Config, data: Data):
@@ -141,7 +147,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     mesh = parallel.setup(config.parallel)  # first: multi-host init precedes any device use
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_config(workdir, config)
+    check_resumable(workdir, config)
     recorded = config
     # The conv lowering is chosen once, here, for this run's backend; it reaches model.json (the
     # models' options) but not config.json, so a run may resume on another backend.
@@ -168,7 +174,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     model = config.model.build(nnx.Rngs(params=key_params))
     if config.model.init_from:
         restore_weights(config.model.init_from, model)
-    _write_config(workdir, recorded)
+    record_config(workdir, recorded)
     tx = config.optim.build(steps_per_epoch)
     graphdef, state = create_train_state(model, tx)
     mel_aug = dataclasses.replace(config.augment, roll=None)  # the roll ran on the host

@@ -42,7 +42,7 @@ from asc_jax import prune
 from asc_jax.checkpoint import load_model, save_model
 from asc_jax.config import Config
 from asc_jax.models import build_model
-from asc_jax.train.loop import _check_config, _write_config, train_and_evaluate
+from asc_jax.train.loop import check_resumable, record_config, train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,8 @@ def train_and_prune(config: Config, workdir: str | Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     # Finished phases are skipped without looking at their configs, so the whole run's config
     # must match the one it started with.
-    _check_config(workdir, config)
-    _write_config(workdir, config)
+    check_resumable(workdir, config)
+    record_config(workdir, config)
     rows = []
     for phase in phases:
         phase_dir = workdir / phase.name
