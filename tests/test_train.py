@@ -79,8 +79,8 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 def test_non_finite_loss_names_the_step(tmp_path):
     history = [{"loss": np.float32(2.3)}, {"loss": np.float32(np.nan)}]
     with pytest.raises(FloatingPointError, match="at step 12"):
-        _check_finite(history, 10, tmp_path)
-    _check_finite(history[:1], 10, tmp_path)
+        _check_finite(history, 10, lambda: str(tmp_path))
+    _check_finite(history[:1], 10, lambda: str(tmp_path))
 
 
 def test_config_variants_and_overrides(tmp_path):

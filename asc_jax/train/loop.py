@@ -118,18 +118,18 @@ def _loss_fn(config: Config):
     return steps.classification_loss
 
 
-def _check_finite(history: list[dict], first_step: int, last_good: str | Path | Callable[[], str]) -> None:
+def _check_finite(history: list[dict], first_step: int, last_good: Callable[[], str]) -> None:
     """Raises FloatingPointError at the first non-finite loss of `history`.
 
     Args:
-      last_good: where training can be taken up again (`TrainCheckpoints.last_good`), or a
-        function returning it, called only on failure (it waits for pending saves).
+      last_good: returns where training can be taken up again (`TrainCheckpoints.last_good`);
+        called only on failure, since it waits for pending saves.
     """
     for offset, metrics in enumerate(history):
         if not math.isfinite(float(metrics["loss"])):
             raise FloatingPointError(
                 f"non-finite loss {float(metrics['loss'])} at step {first_step + offset + 1}; "
-                f"training stopped before saving it ({last_good() if callable(last_good) else last_good}). "
+                f"training stopped before saving it ({last_good()}). "
                 "Lower optim.lr or enable optim.grad_clip.")
 
 
@@ -258,13 +258,14 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     n_frames = config.mel.n_frames(config.mel.sample_rate)
     input_shape = (1, config.mel.n_mels, n_frames)
     # DCASE reports the BN form (torchinfo on the PyTorch model); the fused form has biases instead.
+    deploy_complexity = complexity.report(deploy, input_shape)
     reports = {"train_form": complexity.report(model, input_shape).as_dict(),
-               "deploy_form": complexity.report(deploy, input_shape).as_dict()}
+               "deploy_form": deploy_complexity.as_dict()}
     summary = {"step": int(state.step), "finished": True, "eval": metrics, "deploy_eval": deploy_metrics,
                "deploy_max_logit_diff": max_diff, "complexity": reports}
     if primary:
         (workdir / "complexity.json").write_text(json.dumps(reports, indent=2))
-        print("complexity (deploy model):\n" + complexity.report(deploy, input_shape).table())
+        print("complexity (deploy model):\n" + deploy_complexity.table())
 
         # The training form too: pruning rounds and finetuning start from it.
         save_model(workdir / "model", model, name=config.model.name, options=config.model.options,
