@@ -10,13 +10,16 @@ reproduced here so the numbers are comparable with the challenge's:
     embeddings, tokens) add none.
 MACs are counted per layer from the output shapes seen while tracing the model abstractly
 (`jax.eval_shape`: nothing is computed). `xla_flops` gives XLA's own estimate as a cross-check.
+
+Parameter memory is the parameter count at the bytes of a precision (`ComplexityReport`), and for
+the int8 form of `asc_jax.quantize` also what that form stores on top (`memory_report`).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -147,3 +150,88 @@ class ComplexityReport:
 
 def report(model: nnx.Module, input_shape: tuple[int, ...] = (1, 256, 63)) -> ComplexityReport:
     return ComplexityReport(count_params(model), count_macs(model, input_shape), tuple(input_shape))
+
+
+class QuantizedConv(nnx.Module):
+    """Base class of the quantized forms of a conv (`asc_jax.quantize.layers`: FakeQuantConv, Int8Conv).
+
+    They hold `kernel` (HWIO: float, or int8 codes), `bias` (or None) and `act_range` (the
+    calibrated range of the conv input, or None where the input stays float). The base lives here
+    so that `memory_report` knows them without importing asc_jax.quantize, which imports this module.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Parameter memory of a model quantized with the scheme of `asc_jax.quantize`.
+
+    Attributes:
+      params: parameters in the DCASE count (conv weights + biases + other trainables).
+      weight_params: conv weights, int8 in the quantized model.
+      bias_params: conv biases (float32 here; int32 in integer runtimes).
+      other_params: other trainable values kept in float32 (GRN gamma/beta).
+      weight_scales: per-output-channel float32 weight scales (one per conv output channel).
+      act_ranges: quantized activation tensors, each with a float32 [lo, hi] (-> scale, zero point).
+    """
+
+    params: int
+    weight_params: int
+    bias_params: int
+    other_params: int
+    weight_scales: int
+    act_ranges: int
+
+    @property
+    def int8_bytes(self) -> int:
+        """DCASE parameter memory at int8: every parameter at one byte."""
+        return self.params
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Quantization parameters on top: float32 weight scales + [lo, hi] per activation."""
+        return 4 * self.weight_scales + 8 * self.act_ranges
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the int8 model as asc_jax.quantize stores it (float32 biases and GRN)."""
+        return self.weight_params + 4 * (self.bias_params + self.other_params) + self.overhead_bytes
+
+    @property
+    def fits_dcase(self) -> bool:
+        return self.int8_bytes <= DCASE_MAX_PARAM_BYTES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "int8_bytes": self.int8_bytes, "overhead_bytes": self.overhead_bytes,
+                "stored_bytes": self.stored_bytes, "dcase_limit_bytes": DCASE_MAX_PARAM_BYTES,
+                "fits_dcase": self.fits_dcase}
+
+    def table(self) -> str:
+        return "\n".join([
+            f"parameters            {self.params:>9,}  (weights {self.weight_params:,}, biases "
+            f"{self.bias_params:,}, other {self.other_params:,})",
+            f"DCASE memory at int8  {self.int8_bytes:>9,} B  (limit {DCASE_MAX_PARAM_BYTES:,} B: "
+            f"{'fits' if self.fits_dcase else 'EXCEEDS'}, {DCASE_MAX_PARAM_BYTES - self.int8_bytes:,} B to spare)",
+            f"+ quantization params {self.overhead_bytes:>9,} B  ({self.weight_scales:,} float32 weight scales, "
+            f"{self.act_ranges} activation ranges)",
+            f"stored int8 model     {self.stored_bytes:>9,} B  (int8 weights, float32 biases/GRN/scales)",
+        ])
+
+
+def memory_report(model: nnx.Module, cfg: Any = None) -> MemoryReport:
+    """Memory of `model` in int8 form.
+
+    Args:
+      model: a float deploy model, or its QAT or int8 form (`asc_jax.quantize`).
+      cfg: for a float model, the `asc_jax.quantize.QuantConfig` it would be quantized with: its
+        act_bits say whether conv inputs get ranges (by default, as with QuantConfig(), they do).
+    """
+    convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, (nnx.Conv, QuantizedConv))]
+    float_inputs_ranged = cfg is None or cfg.act_bits is not None
+    weights = biases = scales = ranges = 0
+    for conv in convs:
+        weights += int(math.prod(conv.kernel.shape))
+        biases += 0 if conv.bias is None else int(math.prod(conv.bias.shape))
+        scales += int(conv.kernel.shape[-1])
+        ranges += int(conv.act_range is not None if isinstance(conv, QuantizedConv) else float_inputs_ranged)
+    other = count_params(model) - sum(count_params(conv) for conv in convs)
+    return MemoryReport(weights + biases + other, weights, biases, other, scales, ranges)

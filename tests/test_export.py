@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from asc_jax import complexity
 from asc_jax import export as E
 from asc_jax import inference
 from asc_jax import quantize as Q
@@ -129,7 +130,7 @@ def test_onnx_int8_with_frontend(models, tmp_path):
     path = E.export_onnx(models["int8"], tmp_path / "int8.onnx", mel=MEL, frontend=True, batch_size=len(audio))
     proto = onnx.load(str(path))
     int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert sum(int(np.prod(t.dims)) for t in int8_weights) == Q.memory_report(models["int8"]).weight_params
+    assert sum(int(np.prod(t.dims)) for t in int8_weights) == complexity.memory_report(models["int8"]).weight_params
     meta = E.onnx_metadata(path)
     assert meta["input"]["shape"] == [len(audio), MEL.sample_rate] and meta["frontend_included"]
     out = ort.InferenceSession(str(path)).run(None, {"waveform": audio})[0]

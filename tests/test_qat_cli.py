@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from asc_jax import inference
+from asc_jax import complexity, inference
 from asc_jax import quantize as Q
 from asc_jax.checkpoint import load_model
 from asc_jax.data import pipeline, tau
@@ -36,7 +36,7 @@ def test_qat_cli_reports_float_ptq_qat_and_saves_a_working_int8_model(tmp_path, 
         return model, history
 
     finetune_qat = Q.finetune_qat
-    monkeypatch.setattr(Q, "finetune_qat", keep_fake_quant)
+    monkeypatch.setattr(Q.cli, "finetune_qat", keep_fake_quant)
     out = tmp_path / "int8"
     assert Q.main(["--checkpoint", str(tmp_path / "deploy"), "--data-root", str(root), "--n-calib", "30",
                    "--batch-size", str(BATCH), "--out", str(out), "--qat", "--qat-epochs", "2",
@@ -71,7 +71,7 @@ def test_qat_cli_reports_float_ptq_qat_and_saves_a_working_int8_model(tmp_path, 
     assert any(not np.array_equal(a, b) for a, b in zip(codes, ptq_codes))
     assert spec["quant_eval"]["method"] == "qat"
     assert spec["quant_eval"]["int8_accuracy"] == result["qat"]["accuracy"]
-    assert Q.memory_report(model).as_dict() == result["memory"]
+    assert complexity.memory_report(model).as_dict() == result["memory"]
 
     saved = inference.load(out.with_name("int8_qat"), form="int8")
     clips = tau.load_split(root, "test")

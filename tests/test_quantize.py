@@ -14,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
+from asc_jax import complexity
 from asc_jax import quantize as Q
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig, log_mel
@@ -218,16 +219,16 @@ def test_memory_report_pinned_for_rep_mobile():
         build_model("rep_mobile", deploy=True, rngs=nnx.Rngs(0)),
         {name: jnp.zeros(2) for name in Q.conv_layers(deploy)}))
     for model in (deploy, int8):
-        report = Q.memory_report(model)
+        report = complexity.memory_report(model)
         assert (report.params, report.weight_params, report.bias_params, report.other_params) == (
             124_862, 122_760, 2_090, 12)
         assert (report.weight_scales, report.act_ranges) == (2_090, 21)
         assert report.int8_bytes == 124_862 and report.fits_dcase
         assert report.overhead_bytes == 2_090 * 4 + 21 * 8 == 8_528
         assert report.stored_bytes == 122_760 + 4 * (2_090 + 12) + 8_528 == 139_696
-    weight_only = Q.memory_report(deploy, Q.QuantConfig(act_bits=None))
+    weight_only = complexity.memory_report(deploy, Q.QuantConfig(act_bits=None))
     assert weight_only.overhead_bytes == 8_360
-    assert "fits" in Q.memory_report(int8).table()
+    assert "fits" in complexity.memory_report(int8).table()
 
 
 # --- post-training quantization ------------------------------------------------------------------
@@ -255,10 +256,10 @@ def test_int8_tree_really_holds_int8(setup):
     assert len(codes) == len(Q.conv_layers(qmodel)) == 12
     assert all(c.dtype == jnp.int8 for c in codes)
     # No float conv kernel is left: the Params are the biases and GRN's scalars only.
-    report = Q.memory_report(qmodel)
+    report = complexity.memory_report(qmodel)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(qmodel, nnx.Param)))
     assert n_params == report.bias_params + report.other_params
-    assert report.params == Q.memory_report(setup["model"]).params
+    assert report.params == complexity.memory_report(setup["model"]).params
 
 
 def _rms_error_over_spread(reference: np.ndarray, other: np.ndarray) -> float:
@@ -336,7 +337,7 @@ def test_save_and_load_int8_model(setup, tmp_path):
             "mel": dataclasses.asdict(MEL), "class_names": list(tau.CLASSES)}
     out = Q.save_quantized(tmp_path / "int8", setup["qmodel"], spec, Q.QuantConfig())
     loaded, loaded_spec = load_model(out)
-    assert loaded_spec["quantization"]["memory"]["params"] == Q.memory_report(setup["qmodel"]).params
+    assert loaded_spec["quantization"]["memory"]["params"] == complexity.memory_report(setup["qmodel"]).params
     assert all(c.dtype == jnp.int8 for c in jax.tree.leaves(nnx.state(loaded, Q.QuantWeight)))
     np.testing.assert_array_equal(logits_fn(loaded)(setup["test"]), setup["int8_logits"])
     with pytest.raises(ValueError, match="int8 model"):
@@ -363,7 +364,7 @@ def test_evaluate_quantized_cli_on_generated_dataset(setup, tmp_path, capsys):
     # Agreement and accuracies are consistent with each other, and the saved model says so too.
     assert abs(result["float"]["accuracy"] - result["int8"]["accuracy"]) <= 1 - result["top1_agreement"] + 1e-9
     assert result["top1_agreement"] >= 0.75  # a random model on 90 clips (see test_int8_logits_close_to_float)
-    assert result["memory"] == Q.memory_report(setup["qmodel"]).as_dict()
+    assert result["memory"] == complexity.memory_report(setup["qmodel"]).as_dict()
     spec = json.loads((tmp_path / "int8" / "model.json").read_text())
     assert spec["quant_eval"]["int8_accuracy"] == result["int8"]["accuracy"]
     assert spec["quantization"]["config"] == dataclasses.asdict(Q.QuantConfig())
