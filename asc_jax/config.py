@@ -194,6 +194,15 @@ def to_dict(config: Any) -> Any:
 # Fields that may differ between a run and its continuation (or a finished run and a rerun of its
 # command): they bound how far a run goes, not what it computes.
 RESUMABLE_FIELDS = ("max_steps",)
+# Fields removed from the config classes, with the stored values that mean what the code does now
+# (None: any value): a run that stored one of them computed what the code computes today.
+RETIRED_FIELDS: Mapping[str, tuple | None] = {
+    # Masked finetuning is gone: pruning runs only ever recorded "sliced" and start epoch 0 (the
+    # phases refused anything else before writing config.json); the flag only served masking.
+    "prune.finetune": ("sliced",),
+    "prune.start_epoch": (0,),
+    "prune.allow_inexact_masking": None,
+}
 _ABSENT = object()  # a stored value nothing equals: the run had no value for this field
 
 
@@ -202,9 +211,10 @@ def config_diff(stored: Any, current: Config, *, ignore: Sequence[str] = RESUMAB
 
     A field the stored config lacks was added to the config classes after the run: it differs only
     if `current` sets it away from its default (the default keeps the old behaviour, so a run
-    survives code growth). A field only the stored config has (since removed) differs. Where the
-    run stored a value (e.g. prune=None) and `current` has a section, every field of the section
-    differs. Free-form mappings (model.options, data.synthetic) are compared whole.
+    survives code growth). A field only the stored config has (since removed) differs, unless
+    RETIRED_FIELDS says that its stored value is what the code does now. Where the run stored a
+    value (e.g. prune=None) and `current` has a section, every field of the section differs.
+    Free-form mappings (model.options, data.synthetic) are compared whole.
 
     Args:
       stored: the run's config as JSON gave it back.
@@ -231,7 +241,16 @@ def _diff(stored: Any, current: Any, path: tuple[str, ...]) -> Iterator[str]:
         default = _field_default(field) if isinstance(stored, Mapping) else _ABSENT
         yield from _diff(node.get(field.name, default), getattr(current, field.name), path + (field.name,))
     names = {f.name for f in fields}
-    yield from (".".join(path + (key,)) for key in node if key not in names)
+    for key, value in node.items():
+        name = ".".join(path + (key,))
+        if key not in names and not _retired(name, value):
+            yield name
+
+
+def _retired(name: str, value: Any) -> bool:
+    """Whether `name`, a field the config classes no longer have, stored what the code does now."""
+    same = RETIRED_FIELDS.get(name, ())
+    return same is None or value in same
 
 
 def _field_default(field: dataclasses.Field) -> Any:

@@ -40,5 +40,4 @@ def get_config(arg: str | None = None) -> Config:
             rounds=rounds,
             finetune_epochs=variant["finetune_epochs"],
             round_to=8,
-            finetune="sliced",
         ))

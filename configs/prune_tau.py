@@ -58,5 +58,4 @@ def get_config(arg: str | None = None) -> Config:
         rounds=rounds,
         finetune_epochs=variant["finetune_epochs"] or FINETUNE_BUDGET // rounds,
         round_to=8,
-        finetune="sliced",
     ))

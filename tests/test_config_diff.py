@@ -41,6 +41,18 @@ def test_a_field_the_code_no_longer_has_is_named():
     assert config_diff(stored, Config()) == ["optim.momentum"]
 
 
+def test_retired_fields_at_the_values_that_mean_what_the_code_does_are_tolerated():
+    """Pruning runs recorded before masked finetuning went stored prune.finetune="sliced" and
+    prune.start_epoch=0 (the phases refused anything else) and allow_inexact_masking (unread when
+    slicing): they computed what the code computes now, so they resume. Other values differ."""
+    config = load_config("configs/prune_demo.py")
+    stored = _stored(config)
+    stored["prune"].update(finetune="sliced", start_epoch=0, allow_inexact_masking=True)
+    assert config_diff(stored, config) == []
+    masked = {**stored, "prune": {**stored["prune"], "finetune": "masked", "start_epoch": 2}}
+    assert config_diff(masked, config) == ["prune.finetune", "prune.start_epoch"]
+
+
 def test_max_steps_is_ignored():
     config = Config()
     assert config_diff({**_stored(config), "max_steps": 7}, dataclasses.replace(config, max_steps=0)) == []

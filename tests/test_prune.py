@@ -1,10 +1,9 @@
-"""Structured pruning: traced channel groups, importance, masks, optax wrapper, schedules, slicing.
+"""Structured pruning: traced channel groups, importance, masks, schedules, slicing.
 
 Models are built abstractly (nnx.eval_shape) and filled with numpy draws through the strict
 `load_into`: eager flax init compiles one kernel per parameter shape, which would dominate the
 runtime of this file. Every forward pass that is compared runs jitted.
 """
-import dataclasses
 import functools
 
 import jax
@@ -18,6 +17,7 @@ from asc_jax import complexity, prune
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig
 from asc_jax.models import build_model
+from asc_jax.models.bc_resnet import BCResNetConfig
 from asc_jax.models.rep_mobile import RepMobile, RepMobileConfig
 from asc_jax.reparam import fuse
 from asc_jax.surgery import flatten, load_into, module_tree
@@ -66,10 +66,14 @@ def _forward(graphdef, state, x):
     return nnx.merge(graphdef, state)(x, train=False)[0]
 
 
-def masked_copy(model, masks):
-    """A copy of `model` with its params zeroed where `masks` is False."""
+def zeroed_copy(model, masks):
+    """The reference slicing is compared with: a copy of `model` whose params are 0 where `masks`
+    is False. A channel with zero BN scale and bias outputs exactly 0 whatever the statistics, so
+    without ops that mix channels (GRN) this wide model computes what the sliced one does."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return nnx.merge(graphdef, prune.apply_masks(params, masks), rest)
+    zeroed = jax.tree.map(lambda p, m: jnp.asarray(np.where(np.asarray(m), np.asarray(p), 0.0), p.dtype),
+                          params, masks)
+    return nnx.merge(graphdef, zeroed, rest)
 
 
 def rep_mobile_builder(**kw):
@@ -242,42 +246,12 @@ def test_masks_cover_every_member_and_round_trip(cp96):
         prune.keep_from_masks(broken, groups)
 
 
-def test_masked_pruning_wrapper():
-    params = {"w": jnp.arange(1.0, 7.0).reshape(2, 3), "b": jnp.array([5.0, -2.0])}
-    masks = {"w": jnp.array([[True, False, True], [True, True, False]]), "b": jnp.array([True, False])}
-    tx = prune.masked_pruning(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.1)), masks)
-    state = tx.init(params)
-    grads = {"w": jnp.ones((2, 3)), "b": jnp.ones(2)}
-    update = jax.jit(tx.update)
-    updates, state = update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    # Masked entries become exactly zero even though params were not zeroed beforehand...
-    assert float(new["w"][0, 1]) == 0.0 and float(new["w"][1, 2]) == 0.0 and float(new["b"][1]) == 0.0
-    # ...kept entries moved, and the inner optimizer never saw masked gradients: global-norm
-    # clipping uses the 5 kept entries only and Adam's moments are zero where masked.
-    assert float(new["w"][0, 0]) < 1.0
-    mu = state.inner[1][0].mu
-    assert float(mu["w"][0, 1]) == 0.0 and float(mu["w"][0, 0]) == pytest.approx(0.1 / np.sqrt(5), rel=1e-5)
-    updates, state = update(grads, state, new)
-    assert float(optax.apply_updates(new, updates)["b"][1]) == 0.0
-    # Masks are optimizer state: swap them between rounds, shapes stay static.
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), prune.get_masks(state), masks))
-    fewer = {"w": masks["w"].at[0, 0].set(False), "b": masks["b"]}
-    state = prune.set_masks(state, fewer)
-    updates, _ = update(grads, state, new)
-    assert float(optax.apply_updates(new, updates)["w"][0, 0]) == 0.0
-    assert update._cache_size() == 1
-    with pytest.raises(ValueError, match="structure/shapes"):
-        prune.set_masks(state, {"w": masks["w"]})
-    no_masks = prune.masked_pruning(optax.sgd(1.0)).init(params)
-    assert all(bool(m.all()) for m in jax.tree.leaves(prune.get_masks(no_masks)))
-
-
 # --- slicing -------------------------------------------------------------------------------
 
-def _train_steps(model, tx, n_steps, seed=0):
-    """A few production train steps (`steps.make_train_step`, no augmentation) on random audio
-    whose log-mel has X_SHAPE's (64 mels, 32 frames): train mode, so BN statistics move."""
+def _train_steps(model, n_steps, seed=0):
+    """A few production train steps (`steps.make_train_step`, Adam, no augmentation) on random
+    audio whose log-mel has X_SHAPE's (64 mels, 32 frames): train mode, so BN statistics move."""
+    tx = optax.adam(1e-2)
     graphdef, state = create_train_state(model, tx)
     step = steps.make_train_step(graphdef, tx, MEL, NO_AUG, steps.classification_loss, jax.random.key(seed))
     key = jax.random.key(seed)
@@ -288,48 +262,45 @@ def _train_steps(model, tx, n_steps, seed=0):
         state, metrics = step(state, {"audio": audio, "label": jax.random.randint(ky, (4,), 0, 10)})
         losses.append(float(metrics["loss"]))
     assert int(state.step) == n_steps
-    return nnx.merge(graphdef, state.params, state.batch_stats), state.opt_state, losses
+    return nnx.merge(graphdef, state.params, state.batch_stats), losses
 
 
-def test_masked_finetuning_then_slicing_is_exact():
+def test_slicing_a_trained_model_is_exact():
     """The DCASE baseline block (no GRN), shortened to three blocks to compile faster (still an
-    identity and a pooled shortcut, and a stage change): prune half of every group, finetune a
-    few steps under the optax wrapper, slice: the narrow model computes what the masked one does."""
+    identity and a pooled shortcut, and a stage change): train a few steps (BN statistics move),
+    prune half of every group, slice: the narrow model computes what the wide one does with the
+    pruned channels zeroed."""
     model = random_model(lambda: build_model("dcase2024_baseline", n_blocks=(2, 1), strides={"b2": (2, 2)},
                                              rngs=nnx.Rngs(0)), seed=1)
     schedule = prune.plan(prune.PruneConfig(sparsity=0.5, round_to=4), model)
     assert schedule.widths[0]["stem/1/conv"] == 16 and schedule.widths[0]["stages/1/0/expand/conv"] == 32
-    masks = schedule.masks(0, nnx.state(model, nnx.Param))
     stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
-    trained, opt_state, losses = _train_steps(model, prune.masked_pruning(optax.adam(1e-2), masks), 3)
+    trained, losses = _train_steps(model, 3)
     assert np.isfinite(losses).all()
-    params = prune.masks.flat_leaves(nnx.state(trained, nnx.Param))
-    flat_masks = prune.masks.flat_leaves(prune.get_masks(opt_state))
-    assert all(not np.asarray(params[p])[~np.asarray(m)].any() for p, m in flat_masks.items())
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), stats_before, nnx.state(trained, nnx.BatchStat))
     assert all(jax.tree.leaves(moved))
 
-    sliced = prune.slice_model(trained, schedule.groups, prune.get_masks(opt_state), rep_mobile_builder())
+    masks = schedule.masks(0, nnx.state(trained, nnx.Param))
+    sliced = prune.slice_model(trained, schedule.groups, masks, rep_mobile_builder())
     assert sliced.config.stage_channels == (16, 16, 28) and sliced.config.stem_channels == 4
     assert [g.size for g in sliced.groups] == list(schedule.widths[0].values())
-    ref, out = logits(trained, X), logits(sliced.model, X)
+    ref, out = logits(zeroed_copy(trained, masks), X), logits(sliced.model, X)
     assert np.abs(ref).max() > 0.5
     np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
     assert complexity.count_params(sliced.model) < 0.4 * complexity.count_params(trained)
 
 
 def test_prune_slice_fuse_chain():
-    """Multi-branch Rep-Mobile (width 64 -> the base-32 widths): masked training form == sliced
-    training form == fused deploy form; the result has the base-32 deploy size."""
+    """Multi-branch Rep-Mobile (width 64 -> the base-32 widths): zeroed wide training form ==
+    sliced training form == fused deploy form; the result has the base-32 deploy size."""
     build = lambda **o: build_model("rep_mobile", use_grn=False, rngs=nnx.Rngs(0), **o)  # noqa: E731
     wide = random_model(lambda: build(base_channels=64), seed=2)
     schedule = prune.plan(prune.PruneConfig(target=(("base_channels", 32),), schedule="one_shot", method="bn_scale"),
                           wide, build_reference=lambda o: build(**o))
     masks = schedule.masks(0, nnx.state(wide, nnx.Param))
-    masked = masked_copy(wide, masks)
-    sliced = prune.slice_model(masked, schedule.groups, masks, rep_mobile_builder())
+    sliced = prune.slice_model(wide, schedule.groups, masks, rep_mobile_builder())
     deploy = fuse(sliced.model, lambda: RepMobile(sliced.config, deploy=True, rngs=nnx.Rngs(0)))
-    ref = logits(masked, X)
+    ref = logits(zeroed_copy(wide, masks), X)
     assert np.abs(ref).max() > 0.5
     np.testing.assert_allclose(logits(sliced.model, X), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
     np.testing.assert_allclose(logits(deploy, X), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
@@ -341,14 +312,13 @@ def test_prune_slice_fuse_chain():
 def test_width_96_pruned_to_32_has_the_base_32_complexity(cp96):
     """The paper's setting: CP-Mobile width 96 pruned (progressively, two rounds) to the widths
     of the base-32 model has exactly its 126,952 params / 28,893,268 MACs."""
-    cfg = prune.PruneConfig(target=(("base_channels", 32),), rounds=2, finetune_epochs=3, start_epoch=1,
-                            round_to=8, finetune="sliced")
+    cfg = prune.PruneConfig(target=(("base_channels", 32),), rounds=2, finetune_epochs=3, round_to=8)
     schedule = prune.plan(cfg, cp96, build_reference=lambda o: build_model("cp_mobile", rngs=nnx.Rngs(0), **o))
     assert RepMobileConfig(base_channels=96).widths() == (24, (96, 96, 224, 504), (288, 288, 288, 288, 672, 672))
     assert schedule.widths[0]["stem/1/conv"] == 64 and schedule.widths[0]["stages/2/0/project/conv"] == 336
     assert schedule.widths[0]["stages/1/0/project/conv"] == 152  # (224 + 72) / 2 = 148 -> 152
     model, groups, masks = cp96, schedule.groups, None
-    for r in range(schedule.rounds):  # finetune="sliced": slice after each round
+    for r in range(schedule.rounds):  # slice after each round, re-score the narrow model
         masks = schedule.masks(r, nnx.state(model, nnx.Param), groups=groups)
         config, model, groups = prune.slice_model(model, groups, masks, rep_mobile_builder())
     assert config.widths() == RepMobileConfig().widths() == (8, (32, 32, 72, 168), (96, 96, 96, 96, 216, 216))
@@ -356,22 +326,20 @@ def test_width_96_pruned_to_32_has_the_base_32_complexity(cp96):
     assert complexity.count_macs(model, (1, 256, 63)) == 28_893_268
 
 
-def test_grn_makes_masking_inexact_and_is_refused():
+def test_slicing_grn_models():
     """GRN divides by the mean L2 norm over *all* channels and adds a scalar beta to every
-    channel, so zeroed channels still change the others: masked != sliced. The tracer flags it
-    and plan() refuses masked finetuning of those groups unless told otherwise."""
+    channel, so zeroed channels still change the others (the tracer flags those groups): a
+    zeroed wide model is not the sliced one, which is why pruning slices and then finetunes. A
+    fresh GRN is the identity: there the zeroed model is a reference for slicing GRN models."""
     build = lambda: build_model("rep_mobile", n_blocks=(2, 1), strides={"b2": (2, 2)}, rngs=nnx.Rngs(0))  # noqa: E731
-    cfg = prune.PruneConfig(sparsity=0.5, finetune="masked")
-    with pytest.raises(ValueError, match="finetune='sliced'"):
-        prune.plan(cfg, nnx.eval_shape(build))
-    schedule = prune.plan(dataclasses.replace(cfg, allow_inexact_masking=True), nnx.eval_shape(build))
+    schedule = prune.plan(prune.PruneConfig(sparsity=0.5), nnx.eval_shape(build))
+    assert any(g.cross_channel and schedule.widths[0][g.name] < g.size for g in schedule.groups)
     diffs = []
-    for grn in (0.0, 0.5):  # a fresh GRN is the identity: then slicing is exact again
+    for grn in (0.0, 0.5):
         model = random_model(build, seed=4, grn=grn)
         masks = schedule.masks(0, nnx.state(model, nnx.Param))
-        masked = masked_copy(model, masks)
-        sliced = prune.slice_model(masked, schedule.groups, masks, rep_mobile_builder()).model
-        ref = logits(masked, X)
+        sliced = prune.slice_model(model, schedule.groups, masks, rep_mobile_builder()).model
+        ref = logits(zeroed_copy(model, masks), X)
         diffs.append(np.abs(logits(sliced, X) - ref).max() / np.abs(ref).max())
     assert diffs[0] < 1e-5 and diffs[1] > 1e-2
 
@@ -387,25 +355,22 @@ def test_slicing_refuses_structure_changes_and_frozen_groups():
     with pytest.raises(ValueError, match="cannot be pruned"):
         prune.slice_tree(module_tree(model), groups, {"head/conv": np.arange(10) < 5})
     assert head.frozen
-    with pytest.raises(KeyError, match="narrowable config"):
-        prune.narrow_config(object(), {})
+    with pytest.raises(TypeError, match="BCResNetConfig cannot be narrowed"):
+        prune.narrow_config(BCResNetConfig(), {})
 
 
 # --- config and schedule ---------------------------------------------------------------------
 
-def test_schedule_timing_and_linear_widths():
+def test_linear_and_one_shot_widths():
     model = nnx.eval_shape(lambda: build_model("cp_mobile", base_channels=96, rngs=nnx.Rngs(0)))
-    cfg = prune.PruneConfig(sparsity=2 / 3, rounds=3, finetune_epochs=4, start_epoch=2, round_to=8, finetune="sliced")
+    cfg = prune.PruneConfig(sparsity=2 / 3, rounds=3, finetune_epochs=4, round_to=8)
     schedule = prune.plan(cfg, model)
     stream = [w["stem/1/conv"] for w in schedule.widths]
     assert stream == [72, 56, 32]  # 96 - 64 r / 3 = 74.7, 53.3 -> nearest multiples of 8; 96 / 3
     assert [w["stages/2/0/project/conv"] for w in schedule.widths] == [392, 280, 168]
-    assert schedule.epochs == (2, 6, 10) and schedule.end_epoch == 14
-    assert [schedule.round_at(e) for e in range(12)] == [None, None, 0, None, None, None, 1] + [None] * 3 + [2, None]
-    assert schedule.round_at_step(60, 10) == 1 and schedule.round_at_step(61, 10) is None
     assert all(w["head/conv"] == 10 for w in schedule.widths)
     assert prune.sparsity_of(schedule.widths[-1], schedule.groups) == pytest.approx(2 / 3, abs=0.01)
-    one = prune.plan(prune.PruneConfig(sparsity=0.5, schedule="one_shot", finetune="sliced"), model)
+    one = prune.plan(prune.PruneConfig(sparsity=0.5, schedule="one_shot"), model)
     assert one.rounds == 1 and one.widths[0]["stem/1/conv"] == 48
 
 
@@ -415,7 +380,7 @@ def test_schedule_timing_and_linear_widths():
     (dict(sparsity=1.0), "sparsity"),
     (dict(sparsity=0.5, schedule="one_shot", rounds=2), "rounds"),
     (dict(sparsity=0.5, rounds=2), "finetune_epochs"),
-    (dict(sparsity=0.5, finetune="frozen"), "finetune"),
+    (dict(sparsity=0.5, round_to=0), "round_to"),
     (dict(sparsity=0.5, method="l3"), "unknown importance"),
     (dict(sparsity=0.5, schedule="cosine"), "unknown prune schedule"),
 ])

@@ -61,8 +61,7 @@ def _config(root, **prune) -> Config:
         optim=OptimConfig(lr=0.01, epochs=1, warmup_epochs=0, batch_size=16),
         eval_every_epochs=1,
         log_every_steps=6,
-        prune=PruneConfig(**{"target": {"base_channels": 8}, "rounds": 2, "finetune_epochs": 1,
-                             "finetune": "sliced", **prune}),
+        prune=PruneConfig(**{"target": {"base_channels": 8}, "rounds": 2, "finetune_epochs": 1, **prune}),
     )
 
 
@@ -162,16 +161,13 @@ def test_phase_planning_rules(tmp_path):
     assert progressive.phase_config(recipe, phases[1], {}, "init").optim.warmup_epochs == 0
     long = dataclasses.replace(phases[1], epochs=75)
     assert progressive.phase_config(recipe, long, {}, "init").optim == dataclasses.replace(recipe.optim, epochs=75)
-    with pytest.raises(ValueError, match="finetune='sliced'"):
-        progressive.train_and_prune(_config(tmp_path, finetune="masked", allow_inexact_masking=True),
-                                    tmp_path / "run")
-    assert not (tmp_path / "run").exists()  # refused before anything is written
-    with pytest.raises(ValueError, match="start_epoch"):
-        progressive.plan_phases(_config(tmp_path, start_epoch=2))
     # Explicit widths in the options override the target's base_channels: nothing would be pruned.
     fixed = dataclasses.replace(config, model=ModelConfig(options={**SMALL, "stage_channels": (24, 24, 48)}))
     with pytest.raises(ValueError, match="nothing to prune"):
         progressive.plan_phases(fixed)
+    with pytest.raises(ValueError, match="nothing to prune"):
+        progressive.train_and_prune(fixed, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     with pytest.raises(ValueError, match="config.prune is not set"):
         progressive.plan_phases(dataclasses.replace(config, prune=None))
 

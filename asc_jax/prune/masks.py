@@ -1,29 +1,20 @@
-"""Channel importance, masks, and the optax wrapper that keeps masked weights at zero.
+"""Channel importance and masks: which channels of every group the slicing keeps.
 
-A *keep vector* is one bool per channel of a group; a *mask tree* has the structure of the
-params tree it masks (nnx.State or nested dict), one bool array of the leaf's full shape per
-leaf (all True where no group touches the leaf). Full-shape masks cost a byte per parameter
-and buy static shapes: re-pruning swaps the mask values inside the optimizer state without
-changing any shape, so the jitted step is not retraced and checkpoints keep one structure.
-
-How masked channels are neutralised: every member of the group is zeroed, i.e. the producing
-kernels' out-columns, the consuming kernels' in-rows, conv biases, and the BatchNorm's scale
-*and* bias. With scale = bias = 0 a BatchNorm outputs exactly 0 whatever its running mean and
-variance (and whatever the batch statistics in training mode), so no BN bias or mean leaks into
-a masked channel; residual sums then add zeros to zeros. A value broadcast over all channels
-(GRN's scalar beta) can still land in a masked channel, but from there it only reaches
-per-channel ops and zeroed in-rows, unless an op mixes channels without weights, which the
-tracer records in `ChannelGroup.cross_channel`. Hence, for every group without such ops, the
-masked wide model computes exactly what the sliced narrow model computes (tested).
+A *keep vector* is one bool per channel of a group (True = kept); a *mask tree* has the
+structure of the params tree it masks (nnx.State or nested dict), one bool array of the leaf's
+full shape per leaf: False on every entry that belongs to a pruned channel along a member axis
+of its group (producing kernels' out-columns, consuming kernels' in-rows, biases, BN affines),
+True elsewhere. Pruning picks the channels to keep (`compute_keep`, by an IMPORTANCE score),
+`compute_masks` spreads them over the params tree, and `asc_jax.prune.slicing` reads them back
+(`keep_from_masks`) and drops the pruned indices along every member axis.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from asc_jax.prune.groups import ChannelGroup, key_path
@@ -89,8 +80,8 @@ def compute_keep(state: Any, groups: Sequence[ChannelGroup], widths: Mapping[str
       groups: from `channel_groups`.
       widths: target width per group name; groups left out keep their current width.
       method: importance registered in IMPORTANCE ("l1" or "bn_scale").
-      previous: keep vectors of an earlier round: pruned channels stay pruned, so progressive
-        rounds give nested masks (ties among zeroed weights cannot resurrect a channel).
+      previous: keep vectors of an earlier round on the same params: pruned channels stay
+        pruned, so successive rounds give nested keep vectors.
     Returns:
       {group name: bool vector}, for every group.
     """
@@ -138,7 +129,7 @@ def masks_from_keep(tree: Any, groups: Sequence[ChannelGroup], keep: Keep) -> An
 
 
 def keep_from_masks(masks: Any, groups: Sequence[ChannelGroup]) -> dict[str, np.ndarray]:
-    """Recovers keep vectors from a mask tree (e.g. the one in the optimizer state).
+    """Recovers keep vectors from a mask tree (e.g. one from `compute_masks`).
 
     A channel is kept iff any entry of its slice is kept; that reads correctly from kernels
     whose other axis is pruned too (a slice of a masked in-row is all False only if the row is).
@@ -173,66 +164,3 @@ def compute_masks(model_or_state: Any, groups: Sequence[ChannelGroup], target_wi
     params = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
     prev = None if previous is None else keep_from_masks(previous, groups)
     return masks_from_keep(params, groups, compute_keep(params, groups, target_widths, method, prev))
-
-
-@jax.jit  # one compiled program per tree structure instead of one per leaf shape
-def apply_masks(params: Any, masks: Any) -> Any:
-    """Zeroes the masked entries of `params` (exactly 0.0)."""
-    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
-
-
-class MaskedPruningState(NamedTuple):
-    masks: Any  # bool tree shaped like the params
-    inner: optax.OptState
-
-
-def masked_pruning(inner: optax.GradientTransformation, masks: Any = None) -> optax.GradientTransformation:
-    """Wraps `inner` so that masked params stay exactly zero during finetuning.
-
-    Masked gradients are zeroed before `inner` sees them (so momentum, Adam moments and global
-    norm clipping ignore pruned weights) and masked updates leave the transformation as
-    `-params` (or 0 when params are not passed): after `optax.apply_updates` a masked weight is
-    exactly 0.0 even if it was not zeroed beforehand. The masks live in the optimizer state, so
-    a jitted step and a checkpoint need nothing special; `set_masks` swaps them between rounds.
-
-    Args:
-      inner: the optimizer to wrap (put the wrapper outermost, after any chain/schedule).
-      masks: initial mask tree; None keeps everything until `set_masks`.
-    """
-
-    def init_fn(params):
-        m = masks if masks is not None else jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
-        return MaskedPruningState(masks=m, inner=inner.init(params))
-
-    def update_fn(updates, state, params=None):
-        updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, state.masks)
-        updates, inner_state = inner.update(updates, state.inner, params)
-        if params is None:
-            out = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, state.masks)
-        else:
-            out = jax.tree.map(lambda u, m, p: jnp.where(m, u, -p), updates, state.masks, params)
-        return out, MaskedPruningState(masks=state.masks, inner=inner_state)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _is_masked_state(x) -> bool:
-    return isinstance(x, MaskedPruningState)
-
-
-def get_masks(opt_state: Any) -> Any:
-    """The mask tree held by the (single) masked_pruning state inside `opt_state`."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_masked_state) if _is_masked_state(s)]
-    if len(found) != 1:
-        raise ValueError(f"expected one masked_pruning state in the optimizer state, found {len(found)}")
-    return found[0].masks
-
-
-def set_masks(opt_state: Any, masks: Any) -> Any:
-    """`opt_state` with the masked_pruning masks replaced (same structure and shapes)."""
-    old = get_masks(opt_state)
-    if jax.tree.structure(old) != jax.tree.structure(masks) or any(
-            np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(masks))):
-        raise ValueError("new masks do not match the structure/shapes of the masks in the optimizer state")
-    return jax.tree.map(lambda s: s._replace(masks=masks) if _is_masked_state(s) else s,
-                        opt_state, is_leaf=_is_masked_state)

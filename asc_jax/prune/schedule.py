@@ -1,11 +1,10 @@
-"""Pruning configuration and schedule: what to prune, to which widths, and when.
+"""Pruning configuration and schedule: what to prune, and to which widths in each round.
 
 A `PruneConfig` (frozen, built from an experiment config) plus the model gives a
-`PruneSchedule` via `plan`: the channel groups, the target widths after each round and the epoch
-at whose start each round prunes. The training loop asks `round_at(epoch)` (or
-`round_at_step(step, steps_per_epoch)`) and, when a round is due, calls
-`schedule.masks(round, params, previous)` and either installs the masks in the optimizer state
-(`set_masks`, finetune="masked") or slices the model (`slice_model`, finetune="sliced").
+`PruneSchedule` via `plan`: the channel groups and the target widths after each round. Each round
+keeps the most important channels down to its widths (`compute_masks`, or `schedule.masks`),
+slices them out (`slice_model`) and finetunes the narrow model; `asc_jax.train.progressive` runs
+the rounds as training phases.
 
 Target widths come either from a reference model (`target`: model-config overrides, e.g.
 base_channels=32: every group gets the width it has in the base-32 model, which is what "prune
@@ -23,8 +22,6 @@ from flax import nnx
 from asc_jax.prune.groups import DEFAULT_INPUT_SHAPE, ChannelGroup, channel_groups
 from asc_jax.prune.masks import IMPORTANCE, compute_masks
 from asc_jax.registry import Registry
-
-FINETUNE_FORMS = ("masked", "sliced")
 
 # name -> fn(start width, final width, rounds, round_to) -> width after each round.
 SCHEDULES: Registry[Callable[[int, int, int, int], list[int]]] = Registry("prune schedule")
@@ -57,16 +54,9 @@ class PruneConfig:
     # every channel group is pruned to its width in that model.
     target: tuple[tuple[str, Any], ...] = ()
     sparsity: float | None = None  # Instead of `target`: fraction of each prunable group removed.
-    rounds: int = 1  # Pruning rounds; finetuning follows each one.
+    rounds: int = 1  # Pruning rounds; each slices the model, then finetunes the narrow one.
     finetune_epochs: int = 0  # Epochs of finetuning after each round.
-    start_epoch: int = 0  # Epoch at whose start the first round prunes.
     round_to: int = 1  # Intermediate and sparsity-derived widths are multiples of this (e.g. 8).
-    # "masked": finetune the wide model under masks (masked_pruning), slice at the end;
-    # "sliced": slice right after each round and finetune the narrow model.
-    finetune: str = "masked"
-    # Masking groups that non-weight ops mix across channels (GRN's channel mean) is not exactly
-    # equivalent to slicing them; "masked" refuses such groups unless this is set.
-    allow_inexact_masking: bool = False
     input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE  # Batch shape used to trace the model.
 
     def __post_init__(self):
@@ -81,41 +71,21 @@ class PruneConfig:
             raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity}")
         if self.rounds < 1 or (self.schedule == "one_shot" and self.rounds != 1):
             raise ValueError(f"schedule {self.schedule!r} cannot have {self.rounds} rounds")
-        if self.finetune not in FINETUNE_FORMS:
-            raise ValueError(f"finetune must be one of {FINETUNE_FORMS}, got {self.finetune!r}")
         if self.rounds > 1 and self.finetune_epochs < 1:
             raise ValueError("progressive pruning needs finetune_epochs >= 1 between rounds")
-        if self.round_to < 1 or self.finetune_epochs < 0 or self.start_epoch < 0:
-            raise ValueError("round_to must be >= 1, finetune_epochs and start_epoch >= 0")
+        if self.round_to < 1 or self.finetune_epochs < 0:
+            raise ValueError("round_to must be >= 1 and finetune_epochs >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneSchedule:
     groups: tuple[ChannelGroup, ...]  # Channel groups of the unpruned model.
     widths: tuple[Mapping[str, int], ...]  # Target width of every group after each round.
-    epochs: tuple[int, ...]  # Epoch at whose start each round prunes.
-    finetune_epochs: int  # Finetuning epochs after each round.
     method: str  # Importance method.
-    finetune: str  # "masked" or "sliced".
 
     @property
     def rounds(self) -> int:
         return len(self.widths)
-
-    @property
-    def end_epoch(self) -> int:
-        """First epoch after the last round's finetuning."""
-        return self.epochs[-1] + self.finetune_epochs
-
-    def round_at(self, epoch: int) -> int | None:
-        """The round that prunes at the start of `epoch`, or None."""
-        return self.epochs.index(epoch) if epoch in self.epochs else None
-
-    def round_at_step(self, step: int, steps_per_epoch: int) -> int | None:
-        """The round that prunes right before optimisation step `step`, or None."""
-        if step % steps_per_epoch:
-            return None
-        return self.round_at(step // steps_per_epoch)
 
     def masks(self, round_index: int, params: Any, previous: Any = None,
               groups: tuple[ChannelGroup, ...] | None = None) -> Any:
@@ -123,8 +93,8 @@ class PruneSchedule:
 
         Args:
           groups: the groups of the model `params` belong to; defaults to the unpruned model's.
-            With finetune="sliced" pass those of the current narrow model (`slice_model` returns
-            them): same names and members, smaller sizes.
+            After a round pass those of the current narrow model (`slice_model` returns them):
+            same names and members, smaller sizes.
         """
         return compute_masks(params, groups or self.groups, self.widths[round_index], self.method, previous)
 
@@ -173,19 +143,10 @@ def plan(cfg: PruneConfig, model: nnx.Module,
             raise ValueError(f"target width {final[g.name]} of group {g.name!r} exceeds its size {g.size}")
         if final[g.name] < g.size and not g.prunable:
             raise ValueError(f"the target prunes group {g.name!r}, which cannot be pruned: {g.frozen}")
-    coupled = [g.name for g in groups if final[g.name] < g.size and g.cross_channel]
-    if cfg.finetune == "masked" and coupled and not cfg.allow_inexact_masking:
-        raise ValueError(
-            f"groups {coupled} are mixed across channels by non-weight ops "
-            f"({next(g for g in groups if g.name == coupled[0]).cross_channel[0]}), so a masked model "
-            f"is not equivalent to the sliced one; use finetune='sliced' (exact) or set "
-            f"allow_inexact_masking=True")
     per_group = {g.name: SCHEDULES.get(cfg.schedule)(g.size, final[g.name], cfg.rounds, cfg.round_to)
                  for g in groups}
     widths = tuple({name: w[r] for name, w in per_group.items()} for r in range(cfg.rounds))
-    epochs = tuple(cfg.start_epoch + r * cfg.finetune_epochs for r in range(cfg.rounds))
-    return PruneSchedule(groups=groups, widths=widths, epochs=epochs, finetune_epochs=cfg.finetune_epochs,
-                         method=cfg.method, finetune=cfg.finetune)
+    return PruneSchedule(groups=groups, widths=widths, method=cfg.method)
 
 
 def sparsity_of(widths: Mapping[str, int], groups: tuple[ChannelGroup, ...]) -> float:

@@ -1,11 +1,12 @@
-"""Physical slicing: a masked wide state -> the state and config of a genuinely narrower model.
+"""Physical slicing: a state and keep masks -> the state and config of a genuinely narrower model.
 
 `slice_tree` is the pure surgery (drop the pruned indices along every member axis of every
-group); `slice_state` adds the narrowed model config, derived from the sliced shapes by a
-per-config-class *narrower* (the only model-specific piece of pruning: it says which config
-fields the widths live in); `slice_model` loads the result into a freshly built narrow module
-through the strict `asc_jax.surgery.load_into` and re-traces it to prove that slicing changed
-widths only, not structure (equal widths can switch on shortcuts that the wide model lacked).
+group); `slice_state` adds the narrowed model config, read off the sliced shapes by
+`narrow_config` (the only model-specific piece of pruning: it knows which config fields the
+widths live in, for the Rep-Mobile family); `slice_model` loads the result into a freshly built
+narrow module through the strict `asc_jax.surgery.load_into` and re-traces it to prove that
+slicing changed widths only, not structure (equal widths can switch on shortcuts that the wide
+model lacked).
 """
 from __future__ import annotations
 
@@ -18,11 +19,7 @@ from flax import nnx
 from asc_jax.models.rep_mobile import RepMobileConfig
 from asc_jax.prune.groups import DEFAULT_INPUT_SHAPE, ChannelGroup, channel_groups
 from asc_jax.prune.masks import Keep, flat_leaves, keep_from_masks
-from asc_jax.registry import Registry
 from asc_jax.surgery import Path, load_into, module_tree
-
-# config class name -> fn(config, sliced state tree) -> config of the narrow model.
-NARROWERS: Registry[Callable[[Any, dict], Any]] = Registry("narrowable config")
 
 
 def _unflatten(flat: Mapping[Path, Any]) -> dict:
@@ -68,13 +65,20 @@ def slice_tree(tree: Any, groups: Sequence[ChannelGroup], keep: Keep) -> dict:
     return _unflatten(flat)
 
 
-def narrow_config(config: Any, tree: dict) -> Any:
-    """The config of the model whose state is `tree`, via the narrower of `type(config)`."""
-    return NARROWERS.get(type(config).__name__)(config, tree)
+def narrow_config(config: Any, tree: dict) -> RepMobileConfig:
+    """The config of the model whose (sliced) state is `tree`: `config` with explicit widths.
 
+    Args:
+      config: the config of the model `tree` was sliced from: a RepMobileConfig (rep_mobile,
+        cp_mobile, dcase2024_baseline), which has a field for every width.
+      tree: the sliced state tree (training or deploy form).
+    Raises:
+      TypeError: for any other config.
+    """
+    if not isinstance(config, RepMobileConfig):
+        raise TypeError(f"{type(config).__name__} cannot be narrowed: slicing only knows where "
+                        f"RepMobileConfig (rep_mobile, cp_mobile, dcase2024_baseline) keeps its widths")
 
-@NARROWERS.register("RepMobileConfig")
-def _narrow_rep_mobile(config: RepMobileConfig, tree: dict) -> RepMobileConfig:
     # Output widths read off the conv kernels (last axis), which exist in training and deploy form.
     def out_width(*path) -> int:
         node = tree
@@ -93,12 +97,12 @@ def _narrow_rep_mobile(config: RepMobileConfig, tree: dict) -> RepMobileConfig:
 
 
 def slice_state(state: Any, groups: Sequence[ChannelGroup], masks: Any, config: Any) -> tuple[Any, dict]:
-    """Pure slicing of a masked model state.
+    """Pure slicing of a model state down to the channels `masks` keeps.
 
     Args:
       state: the wide model's full state (params and batch stats; nested dict or nnx.State).
       groups: from `channel_groups` of the wide model.
-      masks: the mask tree (`get_masks(opt_state)` or `compute_masks(...)`).
+      masks: the mask tree (from `compute_masks`).
       config: the wide model's config.
     Returns:
       (config of the narrow model, its state tree).
@@ -116,11 +120,13 @@ class SlicedModel(NamedTuple):
 def slice_model(model: nnx.Module, groups: Sequence[ChannelGroup], masks: Any,
                 build: Callable[[Any], nnx.Module],
                 input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> SlicedModel:
-    """The narrow module equivalent to masked `model`, built by `build(narrow_config)`.
+    """The narrow module holding the channels of `model` that `masks` keeps, built by
+    `build(narrow_config)`.
 
     Raises ValueError if the narrow model's channel groups differ from the wide model's in
     anything but their sizes (e.g. a residual shortcut appeared because two widths became
-    equal), since its function would then differ from the masked model's.
+    equal), since it would then compute something else than the wide model restricted to the
+    kept channels.
     """
     keep = keep_from_masks(masks, groups)
     tree = slice_tree(module_tree(model), groups, keep)

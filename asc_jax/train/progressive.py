@@ -80,19 +80,12 @@ def plan_phases(config: Config) -> tuple[Phase, ...]:
     """The phases of `config` (config.prune must be set), planned abstractly on the wide model.
 
     Raises:
-      ValueError: if the pruning config cannot be run as phases (masked finetuning, a start
-        epoch) or its target prunes nothing (e.g. model.options fix explicit widths that the
-        target's base_channels does not override).
+      ValueError: if config.prune is not set or its target prunes nothing (e.g. model.options
+        fix explicit widths that the target's base_channels does not override).
     """
     cfg = config.prune
     if cfg is None:
         raise ValueError("config.prune is not set: nothing to prune (use train_and_evaluate)")
-    if cfg.finetune != "sliced":
-        raise ValueError(f"phased pruning slices the model after every round and finetunes the "
-                         f"narrow model; set prune.finetune='sliced' (got {cfg.finetune!r})")
-    if cfg.start_epoch:
-        raise ValueError("prune.start_epoch times rounds inside one run; with phases the dense phase "
-                         "trains for optim.epochs: leave start_epoch at 0")
     options = dict(config.model.options)
     schedule = prune.plan(cfg, _abstract_model(config), build_reference=lambda o: build_model(
         config.model.name, rngs=nnx.Rngs(0), **{**options, **o}))
