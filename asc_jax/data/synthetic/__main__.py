@@ -1,0 +1,3 @@
+from asc_jax.data.synthetic.dataset import main
+
+main()
