@@ -124,7 +124,8 @@ def per_process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // jax.process_count()
 
 
-def _is_key(x: Any) -> bool:
+def is_prng_key(x: Any) -> bool:
+    """Whether `x` is an array of typed PRNG keys (which transfer as their key data)."""
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
@@ -138,7 +139,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         return jax.device_put(tree, sharding)
 
     def put(x):
-        if _is_key(x):
+        if is_prng_key(x):
             return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(sharding, x, x.shape)
