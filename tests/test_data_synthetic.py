@@ -123,7 +123,7 @@ def test_ensure_dataset_generates_once_and_detects_stale_or_partial(tmp_path, mo
 
     calls = []
     real_generate = synthetic.generate
-    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: calls.append(k) or real_generate(*a, **k))
+    monkeypatch.setattr(synthetic.dataset, "generate", lambda *a, **k: calls.append(k) or real_generate(*a, **k))
     synthetic.ensure_dataset(root, workers=1, **TINY)
     assert calls == []  # up to date: nothing regenerated
 
@@ -135,7 +135,7 @@ def test_ensure_dataset_generates_once_and_detects_stale_or_partial(tmp_path, mo
     assert len(tau.load_split(root, "test")) == 90
 
     # Damaged or interrupted datasets are regenerated too (generation itself stubbed out).
-    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(synthetic.dataset, "generate", lambda *a, **k: calls.append(k))
     with caplog.at_level(logging.WARNING, logger="asc_jax.data.synthetic"):
         next((root / "audio").glob("*.wav")).unlink()
         synthetic.ensure_dataset(root, workers=1, **stale)
