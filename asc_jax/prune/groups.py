@@ -12,16 +12,17 @@ A group is a channel space some weight *produces*: a conv/dot output axis in the
 out-axis of an nnx.Conv/nnx.Linear kernel (read from the modules, so that a layer that lowers its
 conv without a conv, like layers.DepthwiseConv with conv_lowering "taps", still counts as a
 producer: the groups are the same for every lowering). Reductions and windows across its channels
-(GRN's mean over channels) are *cross-channel* notes: the group can still be sliced, but a masked
-wide model is then no longer guaranteed to compute the same function as the sliced narrow one (see
+(GRN's mean over channels) are *cross-channel* notes: the group can still be sliced, but the
+sliced model then differs from the wide one with those channels zeroed (the statistic is taken
+over fewer channels), which is why pruning finetunes after every slice (see
 `ChannelGroup.cross_channel`).
 
 Axes that reach the model input or its logits, or pass through an op the tracer does not model
 (concatenation, channel slicing, merging reshapes, grouped convs, unknown primitives), are
 *frozen*: they keep their width. Supporting another model therefore needs nothing when it is
 built from the primitives the dimension graph models; a new structural op needs one rule in
-`asc_jax.prune.dimgraph`, and physically slicing it needs a config narrower in
-`asc_jax.prune.slicing`.
+`asc_jax.prune.dimgraph`, and physically slicing it needs `asc_jax.prune.slicing.narrow_config` to
+know where its config keeps its widths.
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ class ChannelGroup:
       bn_scales: BatchNorm scale leaves of these channels (for BN-scale importance).
       frozen: why the group must keep its width, or None if it is prunable.
       cross_channel: non-parametric ops mixing these channels (e.g. GRN's mean over channels).
-        Slicing stays well defined, but masking is then not exactly equivalent to slicing.
+        Slicing stays well defined, but is then not exactly the wide model with the pruned
+        channels zeroed.
     """
 
     name: str
