@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.layers import BN_EPS, BN_MOMENTUM, ConvBN, DepthwiseConv, PointwiseConv, conv_init
+from asc_jax.models.layers import (
+    BN_EPS, BN_MOMENTUM, ConvBN, DepthwiseConv, PointwiseConv, conv_init, run_stages)
 from asc_jax.models.registry import register
 
 
@@ -164,12 +165,7 @@ class BCResNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
         h = self.stem(x[..., None], train=train)  # (B, F, T) -> NHWC, frequency as H
         aux: dict[str, Any] = {"stem": h}
-        outputs = []
-        for stage in self.stages:
-            for block in stage:
-                h = block(h, train=train)
-            outputs.append(h)
-        aux["stages"] = tuple(outputs)
+        h, aux["stages"] = run_stages(h, self.stages, train=train)
         h = self.head_pw(self.head_dw(h), train=train)
         aux["pre_logits"] = jnp.mean(h, axis=(1, 2))
         return self.fc(aux["pre_logits"]), aux

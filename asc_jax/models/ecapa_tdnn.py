@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.layers import BN_EPS, BN_MOMENTUM
+from asc_jax.models.layers import BN_EPS, BN_MOMENTUM, run_stages
 from asc_jax.models.registry import MODELS
 
 
@@ -146,12 +146,8 @@ class ECAPATDNN(nnx.Module):
             raise ValueError(f"ECAPA-TDNN expects (B, {self.config.n_mels}, T) log-mels, got {x.shape}")
         h = self.stem(jnp.swapaxes(x, 1, 2), train=train)  # mel bins are the channels: (B, T, F)
         aux: dict[str, Any] = {"stem": h}
-        outputs = []
-        for block in self.blocks:
-            h = block(h, train=train)
-            outputs.append(h)
-        aux["stages"] = tuple(outputs)
-        h = jax.nn.relu(self.mfa(jnp.concatenate(outputs, axis=-1)))
+        h, aux["stages"] = run_stages(h, [[block] for block in self.blocks], train=train)
+        h = jax.nn.relu(self.mfa(jnp.concatenate(aux["stages"], axis=-1)))
         stats = self.pool_norm(self.pool(h), use_running_average=not train)
         aux["pre_logits"] = self.embed(stats)
         return self.classifier(aux["pre_logits"]), aux

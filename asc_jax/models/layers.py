@@ -11,7 +11,7 @@ which lowering a model ran with. `default_lowering` picks the fast one for a new
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -205,3 +205,18 @@ class GRN(nnx.Module):
 def avg_pool_3x3(x: jax.Array, stride: tuple[int, int]) -> jax.Array:
     """nn.AvgPool2d(3, stride, padding=1) with PyTorch's default count_include_pad=True."""
     return nnx.avg_pool(x, (3, 3), strides=stride, padding=((1, 1), (1, 1)), count_include_pad=True)
+
+
+def run_stages(h: jax.Array, stages: Any, *, train: bool) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """Runs stages of blocks in order: (the last output, every stage's output for aux["stages"]).
+
+    Args:
+      h: the stages' input.
+      stages: an iterable of stages, each an iterable of blocks `block(h, train=...)`.
+    """
+    outputs = []
+    for stage in stages:
+        for block in stage:
+            h = block(h, train=train)
+        outputs.append(h)
+    return h, tuple(outputs)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.layers import ConvBN, make_divisible
+from asc_jax.models.layers import ConvBN, make_divisible, run_stages
 from asc_jax.models.registry import register
 
 # MobileNetV3-Large's inverted-residual setting: (in, kernel, expanded, out, squeeze-excite,
@@ -145,11 +145,7 @@ class MobileNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
         h = jax.nn.hard_swish(self.stem(x[..., None], train=train))  # (B, F, T) -> NHWC
         aux: dict[str, Any] = {"stem": h}
-        outputs = []
-        for block in self.blocks:
-            h = block(h, train=train)
-            outputs.append(h)
-        aux["stages"] = tuple(outputs)
+        h, aux["stages"] = run_stages(h, [[block] for block in self.blocks], train=train)
         h = jax.nn.hard_swish(self.last(h, train=train))
         aux["pre_logits"] = jnp.mean(h, axis=(1, 2))
         if self.config.head == "mlp":

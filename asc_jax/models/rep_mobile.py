@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.layers import GRN, ConvBN, DepthwiseConv, avg_pool_3x3, make_divisible
+from asc_jax.models.layers import GRN, ConvBN, DepthwiseConv, avg_pool_3x3, make_divisible, run_stages
 from asc_jax.models.registry import register
 
 # Training-time depthwise branches: name -> kernel (freq, time).
@@ -161,12 +161,7 @@ class RepMobile(nnx.Module):
         for conv in self.stem:
             h = conv(h, train=train)
         aux = {"stem": h}
-        stage_outputs = []
-        for stage in self.stages:
-            for block in stage:
-                h = block(h, train=train)
-            stage_outputs.append(h)
-        aux["stages"] = tuple(stage_outputs)
+        h, aux["stages"] = run_stages(h, self.stages, train=train)
         aux["pre_logits"] = jnp.mean(h, axis=(1, 2))
         logits = jnp.mean(self.head(h, train=train), axis=(1, 2))
         return logits, aux

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.layers import ConvBN
+from asc_jax.models.layers import ConvBN, run_stages
 from asc_jax.models.registry import register
 
 
@@ -88,12 +88,7 @@ class ResNet34(nnx.Module):
             raise ValueError(f"ResNet34 expects (B, {self.config.n_mels}, T) log-mels, got {x.shape}")
         h = self.stem(x[..., None], train=train)  # (B, F, T) -> NHWC, frequency as H
         aux: dict[str, Any] = {"stem": h}
-        outputs = []
-        for stage in self.stages:
-            for block in stage:
-                h = block(h, train=train)
-            outputs.append(h)
-        aux["stages"] = tuple(outputs)
+        h, aux["stages"] = run_stages(h, self.stages, train=train)
         aux["pre_logits"] = self.embed(temporal_stats(h))
         return self.classifier(aux["pre_logits"]), aux
 
