@@ -16,6 +16,8 @@ with `predict`.
   `(logits, aux)`.
 * `predict` keeps shapes static (DESIGN rule 8): every call sees `batch_size` rows, the last
   batch is zero-padded and its padding masked out, so each clip comes back once, in order.
+  Per-clip inputs (`rows`, e.g. the augmentation parameters a teacher replays) are batched and
+  padded alongside the audio.
 """
 from __future__ import annotations
 
@@ -102,26 +104,39 @@ def load(directory: str | Path, *, seed: int = 0, form: str | None = None) -> Sa
 def _array_batches(waves: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """`pipeline.eval_batches` for waveforms already in memory: {"audio", "mask"} batches."""
     for start in range(0, len(waves), batch_size):
-        chunk = waves[start:start + batch_size]
-        audio = np.zeros((batch_size, waves.shape[1]), np.float32)
-        audio[:len(chunk)] = chunk
-        yield {"audio": audio, "mask": np.arange(batch_size) < len(chunk)}
+        yield {"audio": _padded(waves, start, batch_size),
+               "mask": np.arange(start, start + batch_size) < len(waves)}
 
 
-def predict(fn: Callable[[jax.Array], Any], source: pipeline.ClipSource | np.ndarray, batch_size: int, *,
-            mesh: jax.sharding.Mesh | None = None) -> Any:
+def _padded(a: np.ndarray, start: int, batch_size: int) -> np.ndarray:
+    """Rows `start:start + batch_size` of `a`, zero-padded to `batch_size` rows."""
+    chunk = a[start:start + batch_size]
+    out = np.zeros((batch_size, *a.shape[1:]), a.dtype)
+    out[:len(chunk)] = chunk
+    return out
+
+
+def predict(fn: Callable[..., Any], source: pipeline.ClipSource | np.ndarray, batch_size: int, *,
+            rows: Any = None, mesh: jax.sharding.Mesh | None = None) -> Any:
     """`fn` over every clip of `source`, once each and in order, in batches of one static shape.
 
     Args:
-      fn: traceable `audio (B, n_samples) -> pytree of (B, ...) arrays` (logits, features...).
+      fn: `audio (B, n_samples) -> pytree of (B, ...) arrays` (logits, features...); with `rows`,
+        `fn(audio, rows_of_the_batch)`. Traced (`jax.eval_shape`) only for an empty source, to
+        shape the empty result.
       source: a ClipSource (read by `pipeline.eval_batches`) or waveforms (N, n_samples).
       batch_size: rows per call; with a mesh, rounded up to split evenly over its devices. The
         last batch is zero-padded and the padding dropped from the result.
+      rows: optional pytree of per-clip inputs, each leaf an array of N rows in clip order (e.g.
+        augmentation parameters); every batch gets the rows of its clips, zero-padded and placed
+        like its audio.
       mesh: if given, every batch is placed on it (`parallel.put_eval_batch`) and the outputs
         gathered from every process (`parallel.to_host`); without one this process computes all
         rows itself and they are copied back with `jax.device_get`.
     Returns:
       fn's pytree with numpy leaves of N rows.
+    Raises:
+      ValueError: a leaf of `rows` without N rows.
     """
     if mesh is not None:
         batch_size = -(-batch_size // mesh.size) * mesh.size
@@ -130,14 +145,26 @@ def predict(fn: Callable[[jax.Array], Any], source: pipeline.ClipSource | np.nda
     else:
         source = np.asarray(source, np.float32)
         n_samples, batches = source.shape[1], _array_batches(source, batch_size)
+    if rows is not None:
+        rows = jax.tree.map(np.asarray, rows)
+        shapes = [a.shape for a in jax.tree.leaves(rows)]
+        if any(not s or s[0] != len(source) for s in shapes):
+            raise ValueError(f"rows must hold one row per clip ({len(source)}), got leaves of shapes {shapes}")
+    place = (lambda x: x) if mesh is None else (lambda x: parallel.put_eval_batch(x, mesh))
     out = []
-    for batch in batches:
-        audio = batch["audio"] if mesh is None else parallel.put_eval_batch(batch["audio"], mesh)
+    for i, batch in enumerate(batches):
+        args = (place(batch["audio"]),)
+        if rows is not None:
+            args += (place(jax.tree.map(lambda a: _padded(a, i * batch_size, batch_size), rows)),)
         # Sharded over the mesh: gather every process's rows; without a mesh this process
         # computed all of them itself (a gather would stack every process's copy).
-        result = parallel.to_host(fn(audio)) if mesh is not None else jax.device_get(fn(audio))
+        result = parallel.to_host(fn(*args)) if mesh is not None else jax.device_get(fn(*args))
         out.append(jax.tree.map(lambda a, mask=batch["mask"]: np.asarray(a)[mask], result))
     if not out:  # no clips: empty arrays of the shapes fn would return
-        shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((batch_size, n_samples), np.float32))
+        args = (jax.ShapeDtypeStruct((batch_size, n_samples), np.float32),)
+        if rows is not None:
+            args += (jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype),
+                                  rows),)
+        shapes = jax.eval_shape(fn, *args)
         return jax.tree.map(lambda s: np.zeros((0, *s.shape[1:]), s.dtype), shapes)
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)

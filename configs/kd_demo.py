@@ -7,7 +7,7 @@
       --set model.options.base_channels=48 --workdir runs/demo_teacher_rpm
   # 2. their logits under 4 stored augmentations of every training clip, sampled from this
   #    (the student's) config's augmentation; written to its kd.store, stores/demo_split100
-  python -m asc_jax.teachers precompute --config configs/kd_demo.py \
+  python -m asc_jax.distill precompute --config configs/kd_demo.py \
       --teacher runs/demo_teacher_cpm --teacher runs/demo_teacher_rpm --views 4 --seed 0
   # 3. the student (configs/demo.py) distilled from them, and the same run without KD
   python train.py --config configs/kd_demo.py --workdir runs/kd_demo
@@ -21,26 +21,18 @@ roughly twice that (estimated from its MACs, not measured), the precompute a few
 the KD student's eval macro accuracy at or above the run without KD, and `agree_ensemble` in
 metrics.jsonl to rise over training.
 
-Variants: teachers=none|cnn|all, kd=cpjku|paper (see configs/kd_tau.py), store=PATH (default
+Variants: teachers=none|cnn|all, kd=cpjku|paper (asc_jax.distill.KD_PRESETS), store=PATH (default
 stores/demo_split{split}), and those of configs/demo.py: split=N, epochs=N, model=..., seed=N.
 """
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 from asc_jax.config import Config, load_config, parse_variant
+from asc_jax.distill import kd_preset
 
 # Passed on to configs/demo.py, which checks them and holds their defaults.
 _BASE_VARIANTS = {"split": None, "epochs": None, "model": None, "seed": None}
 _HERE = Path(__file__).parent
-
-
-def _kd_presets() -> dict:
-    """configs/kd_tau.py's KD_PRESETS (config files are loaded by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location("_asc_config_kd_tau", _HERE / "kd_tau.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.KD_PRESETS
 
 
 def get_config(arg: str | None = None) -> Config:
@@ -49,14 +41,10 @@ def get_config(arg: str | None = None) -> Config:
     teachers = variant["teachers"]
     if teachers not in ("none", "cnn", "all"):
         raise ValueError(f"teachers must be none, cnn or all; got {teachers!r}")
-    presets = _kd_presets()
-    preset = variant["kd"]
-    if preset not in presets:
-        raise ValueError(f"kd must be one of {sorted(presets)}; got {preset!r}")
+    kd = kd_preset(variant["kd"])
     base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if variant[k] is not None)
     config = load_config(f"{_HERE / 'demo.py'}:{base_arg}")
     if teachers == "none":
         return config
     store = str(variant["store"] or f"stores/demo_split{config.data.train_split}")
-    return dataclasses.replace(
-        config, kd=dataclasses.replace(presets[preset], store=store, teachers=teachers))
+    return dataclasses.replace(config, kd=dataclasses.replace(kd, store=store, teachers=teachers))

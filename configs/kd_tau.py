@@ -13,7 +13,7 @@ teacher-logit store, by default `stores/split{N}`; the ensembles are selected fr
 
   # CNN teachers: train.py with a bigger model, on split N; PaSST teachers: checkpoints
   # fine-tuned on split N, converted (convert_weights.py --arch passt --num-classes 10).
-  python -m asc_jax.teachers precompute --config configs/kd_tau.py:split=25 \
+  python -m asc_jax.distill precompute --config configs/kd_tau.py:split=25 \
       --set data.root=/path/to/TAU22 \
       --teacher s1=teachers/split25/passt_1 --teacher s2=teachers/split25/passt_2 \
       --teacher s1=runs/cp_resnet_s25_1 --teacher s2=runs/cp_resnet_s25_2 \
@@ -29,15 +29,13 @@ augmentation settings. Runtime is that of the baseline (teachers never run durin
 an hour for split 100 on one modern GPU); the result to compare is eval macro-class accuracy of
 the four rows per split, as in Table IV (summary.json, eval/final.json).
 
-KD hyper-parameters (variant kd=..., or --set kd.lam=... kd.tau=...):
+KD hyper-parameters (variant kd=..., or --set kd.lam=... kd.tau=...), from
+asc_jax.distill.KD_PRESETS (asc_jax/distill/loss.py explains them):
 
-  kd=cpjku (default)  CPJKU's KD recipe, lambda = 0.02, tau = 2, KL scaled by tau^2. CPJKU average
-                      their KL over classes as well as the batch, this code only over the batch
-                      (asc_jax.distill.kd_loss), so their lambda is converted to the one giving the
-                      same loss up to a constant factor (which Adam ignores):
-                      lam = 0.02 C / (0.02 C + 0.98) = 0.1695 for C = 10 classes.
-  kd=paper            the paper's values taken literally: tau = 0.1 as printed, lam = 0.02 in this
-                      loss's convention, no tau^2 factor. Not validated here.
+  kd=cpjku (default)  CPJKU's KD recipe: tau = 2, KL scaled by tau^2, and their lambda = 0.02
+                      converted to this code's KL convention (lam = 0.1695 for 10 classes).
+  kd=paper            the paper's values taken literally (tau = 0.1, lam = 0.02, no tau^2 factor).
+                      Not validated here.
 
 Other variants (passed to configs/rep_mobile_tau.py): width=N, branches=..., model=..., seed=N,
 epochs=N; store=PATH overrides the store directory.
@@ -45,24 +43,12 @@ epochs=N; store=PATH overrides the store directory.
 import dataclasses
 from pathlib import Path
 
-from asc_jax.config import Config, KDConfig, load_config, parse_variant
-from asc_jax.data.tau import CLASSES
+from asc_jax.config import Config, load_config, parse_variant
+from asc_jax.distill import kd_preset
 
 TEACHER_SETS = ("none", "cnn", "transformer", "all")
 # Passed on to configs/rep_mobile_tau.py, which checks them and holds their defaults.
 _BASE_VARIANTS = {"split": None, "width": None, "branches": None, "model": None, "seed": None, "epochs": None}
-
-
-def cpjku_lam(lam: float, n_classes: int = len(CLASSES)) -> float:
-    """The label weight that reproduces CPJKU's ``lam * CE + (1 - lam) * T^2 * mean_{b,c} KL``
-    with this project's ``mean_b sum_c KL``: equal ratio of the two terms."""
-    return lam * n_classes / (lam * n_classes + 1.0 - lam)
-
-
-KD_PRESETS = {
-    "cpjku": KDConfig(lam=cpjku_lam(0.02), tau=2.0, scale_by_tau_sq=True),
-    "paper": KDConfig(lam=0.02, tau=0.1, scale_by_tau_sq=False),
-}
 
 
 def get_config(arg: str | None = None) -> Config:
@@ -71,13 +57,10 @@ def get_config(arg: str | None = None) -> Config:
     teachers = variant["teachers"]
     if teachers not in TEACHER_SETS:
         raise ValueError(f"teachers must be one of {TEACHER_SETS}; got {teachers!r}")
-    preset = variant["kd"]
-    if preset not in KD_PRESETS:
-        raise ValueError(f"kd must be one of {sorted(KD_PRESETS)}; got {preset!r}")
+    kd = kd_preset(variant["kd"])
     base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if variant[k] is not None)
     config = load_config(f"{Path(__file__).with_name('rep_mobile_tau.py')}:{base_arg}")
     if teachers == "none":
         return config
     store = str(variant["store"] or f"stores/split{config.data.train_split}")
-    kd = KD_PRESETS[preset]
     return dataclasses.replace(config, kd=dataclasses.replace(kd, store=store, teachers=teachers))

@@ -2,10 +2,15 @@
 import os
 import tempfile
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
+import soundfile as sf
 from flax import nnx
+
+from asc_jax.data import tau
 
 # A persistent compilation cache shared by the session: end-to-end tests build the same jitted
 # train/eval steps several times (e.g. an interrupted and a resumed run), and on 2 CPU cores
@@ -42,3 +47,18 @@ def randomize_batch_stats_and_affine(model: nnx.Module, seed: int = 0, spread: f
 @pytest.fixture
 def randomize():
     return randomize_batch_stats_and_affine
+
+
+def write_tau_dataset(root: Path, audio: np.ndarray, sr: int) -> None:
+    """Clips ``audio`` (N, n_samples) as a TAU-layout dataset under ``root``: float32 wavs (they
+    read back bit for bit), meta.csv, and split100.csv holding all of them. Clip i has class
+    ``tau.CLASSES[i]``, so N <= 10."""
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for i, wave in enumerate(audio):
+        name = f"audio/{tau.CLASSES[i]}-lyon-{i}-{i}-0-a.wav"
+        sf.write(root / name, wave, sr, subtype="FLOAT")
+        rows.append(f"{name}\t{tau.CLASSES[i]}\tlyon-{i}\ta")
+    (root / "meta.csv").write_text(
+        "filename\tscene_label\tidentifier\tsource_label\n" + "\n".join(rows) + "\n")
+    (root / "split100.csv").write_text("filename\n" + "\n".join(r.split("\t")[0] for r in rows) + "\n")

@@ -3,14 +3,21 @@ import dataclasses
 import json
 import pickle
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from asc_jax import distill
 from asc_jax.audio import augment as aug
+from asc_jax.audio.frontends import Frontend
+from asc_jax.config import Config, DataConfig
+from asc_jax.data import pipeline
+from asc_jax.data.tau import CLASSES as TAU_CLASSES, TAU_SAMPLE_RATE, load_split
+from tests.conftest import write_tau_dataset
 
 CLASSES = ("airport", "bus", "metro", "park")
 TEACHERS = ("passt-s1", "cp_resnet-s1", "passt-s2", "tf_sepnet")
@@ -150,7 +157,7 @@ def test_store_round_trip_bitwise_and_shuffled_lookup(tmp_path):
 
 def test_store_write_is_atomic(tmp_path, monkeypatch):
     inp = _store_inputs()
-    real_save = distill._save_array
+    real_save = distill.store._save_array
     calls = []
 
     def failing_save(directory, name, array):
@@ -159,22 +166,22 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         real_save(directory, name, array)
 
-    monkeypatch.setattr(distill, "_save_array", failing_save)
+    monkeypatch.setattr(distill.store, "_save_array", failing_save)
     with pytest.raises(OSError, match="simulated"):
         distill.write_store(tmp_path / "store", **inp)
     assert list(tmp_path.iterdir()) == []  # neither a store nor a temporary directory remains
 
-    monkeypatch.setattr(distill, "_save_array", real_save)
+    monkeypatch.setattr(distill.store, "_save_array", real_save)
     distill.write_store(tmp_path / "store", **inp)
     with pytest.raises(FileExistsError):
         distill.write_store(tmp_path / "store", **inp)
     # A failed overwrite keeps the old store intact.
     calls.clear()
-    monkeypatch.setattr(distill, "_save_array", failing_save)
+    monkeypatch.setattr(distill.store, "_save_array", failing_save)
     changed = {**inp, "logits": inp["logits"] + 1}
     with pytest.raises(OSError):
         distill.write_store(tmp_path / "store", **changed, overwrite=True)
-    monkeypatch.setattr(distill, "_save_array", real_save)
+    monkeypatch.setattr(distill.store, "_save_array", real_save)
     np.testing.assert_array_equal(distill.read_store(tmp_path / "store").logits, inp["logits"])
     distill.write_store(tmp_path / "store", **changed, overwrite=True)
     np.testing.assert_array_equal(distill.read_store(tmp_path / "store").logits, changed["logits"])
@@ -265,7 +272,10 @@ def test_store_write_validation_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------- precompute / hook
-N_SAMPLES, N_MELS_TEACHER, N_MELS_STUDENT = 2048, 16, 32
+N_CLIPS, N_MELS_TEACHER, N_MELS_STUDENT = 7, 16, 32
+STORE_CFG = aug.AugmentConfig(roll=aug.RollConfig(max_shift_s=0.01, sr=32000),
+                              freq_mask=aug.FreqMaskConfig(mask_param=6, n_mels=N_MELS_TEACHER),
+                              mixstyle=None)
 
 
 def _toy_frontend(wave, n_mels):
@@ -274,54 +284,64 @@ def _toy_frontend(wave, n_mels):
     return jnp.log(jnp.abs(frames) + 1e-3)
 
 
-def _setup():
-    store_cfg = aug.AugmentConfig(roll=aug.RollConfig(max_shift_s=0.01, sr=32000),
-                                  freq_mask=aug.FreqMaskConfig(mask_param=6, n_mels=N_MELS_TEACHER),
-                                  mixstyle=None)
+@pytest.fixture(scope="module")
+def tiny_tau(tmp_path_factory):
+    """N_CLIPS one-second noise clips in TAU layout (split "100"), and the source reading them."""
+    root = tmp_path_factory.mktemp("tiny_tau")
     rng = np.random.default_rng(0)
-    waves = rng.normal(size=(7, N_SAMPLES)).astype(np.float32)
-    files = [f"audio/c{i}.wav" for i in range(7)]
-    weights = rng.normal(size=(2, N_MELS_TEACHER, len(CLASSES))).astype(np.float32)
-    seen = []  # (teacher, augmented wave, augmented mel) each teacher saw
-
-    @jax.jit
-    def augmented(wave, params):
-        w = aug.apply_augment(wave, params, store_cfg)
-        return w, aug.apply_augment(_toy_frontend(w, N_MELS_TEACHER), params, store_cfg)
-
-    def make_teacher(i):
-        def teacher(wave, params):
-            w, mel = augmented(wave, params)
-            seen.append((i, np.asarray(w), np.asarray(mel)))
-            return mel.mean(-1) @ weights[i]
-        return teacher
-
-    teachers = {"passt-a": make_teacher(0), "cp_resnet-b": make_teacher(1)}
-    return store_cfg, waves, files, teachers, seen
+    write_tau_dataset(root, rng.normal(0, 0.1, (N_CLIPS, TAU_SAMPLE_RATE)).astype(np.float32),
+                      TAU_SAMPLE_RATE)
+    return root, pipeline.ClipSource(load_split(root, "100"), root, sr=32000)
 
 
-def _batches(files, waves, size):
-    return [(files[i:i + size], waves[i:i + size]) for i in range(0, len(files), size)]
+def _toy_teacher(name, weights, seen, nan_on_silence=False):
+    """A teacher on the toy frontend: mean over time of its (masked) input times ``weights``.
+    Appends (name, "wave", rolled wave) and (name, "mel", masked features) to ``seen`` for every
+    batch it runs on. ``nan_on_silence``: NaN logits for a constant input (silence)."""
+
+    def features(wave):
+        jax.debug.callback(lambda w: seen.append((name, "wave", np.asarray(w))), wave)
+        return _toy_frontend(wave, N_MELS_TEACHER)
+
+    class Toy(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.asarray(weights))
+
+        def __call__(self, x, train=False):
+            jax.debug.callback(lambda m: seen.append((name, "mel", np.asarray(m))), x)
+            logits = x.mean(-1) @ self.w.value
+            if nan_on_silence:
+                logits = jnp.where((x == x[:, :1, :1]).all(axis=(1, 2))[:, None], jnp.nan, logits)
+            return logits, {}
+
+    frontend = Frontend("toy", {"n_mels": N_MELS_TEACHER}, 32000, N_MELS_TEACHER, features, lambda v: v)
+    return distill.Teacher(name, Path(name), {"model": {"name": name.split("-")[0]}}, frontend, Toy())
 
 
-def _precompute(path, batch_size):
-    store_cfg, waves, files, teachers, seen = _setup()
-    store = distill.precompute(
-        path, teachers=teachers, batches=_batches(files, waves, batch_size), n_views=2,
-        sample_aug=aug.example_sampler(store_cfg), seed=123, class_names=CLASSES,
-        meta={"frontend": {"n_mels": N_MELS_TEACHER}, "augment": aug.config_to_dict(store_cfg)})
-    return store, store_cfg, waves, files, seen
+def _precompute(path, tiny_tau, batch_size, weights=None, nan_on_silence=False):
+    root, source = tiny_tau
+    if weights is None:
+        weights = np.random.default_rng(0).normal(size=(2, N_MELS_TEACHER, len(TAU_CLASSES)))
+    seen = []  # (teacher, "wave" | "mel", what it saw) for every batch
+    teachers = [_toy_teacher("passt-a", weights[0], seen, nan_on_silence),
+                _toy_teacher("cp_resnet-b", weights[1], seen, nan_on_silence)]
+    config = Config(data=DataConfig(root=str(root), generate=False, train_split="100"), augment=STORE_CFG)
+    store = distill.precompute(path, config=config, teachers=teachers, n_views=2, seed=123,
+                               batch_size=batch_size, progress=False)
+    jax.effects_barrier()
+    waves = np.stack([source.audio(i) for i in range(len(source))])
+    return store, STORE_CFG, waves, [c.filename for c in source.clips], seen
 
 
-def test_precompute_is_reproducible_and_replay_is_bit_exact(tmp_path):
-    store, store_cfg, waves, files, seen = _precompute(tmp_path / "a", batch_size=3)
-    other, *_ = _precompute(tmp_path / "b", batch_size=7)
+def test_precompute_is_reproducible_and_replay_is_bit_exact(tmp_path, tiny_tau):
+    store, store_cfg, waves, files, seen = _precompute(tmp_path / "a", tiny_tau, batch_size=3)
+    other, *_ = _precompute(tmp_path / "b", tiny_tau, batch_size=7)
     assert store.meta["seed"] == 123 and store.filenames == tuple(files)
     # Parameters are bitwise independent of batching; logits up to the teachers' float rounding.
     for a, b in zip(jax.tree.leaves(store.aug), jax.tree.leaves(other.aug)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(store.logits, other.logits, rtol=1e-5, atol=1e-5)
-    assert store.logits.shape == (7, 2, 2, len(CLASSES))
+    assert store.logits.shape == (7, 2, 2, len(TAU_CLASSES))
     # Parameters come from (seed, clip, view) keys.
     direct = aug.example_sampler(store_cfg)(distill.view_keys(123, np.arange(7), 1))
     np.testing.assert_array_equal(store.aug["roll"]["shift"][:, 1], np.asarray(direct["roll"]["shift"]))
@@ -333,8 +353,8 @@ def test_precompute_is_reproducible_and_replay_is_bit_exact(tmp_path):
     _, params = store.lookup(files[:3], 0)
     w = aug.apply_augment(jnp.asarray(waves[:3]), params, replay_cfg)
     mel = aug.apply_augment(_toy_frontend(w, N_MELS_TEACHER), params, replay_cfg)
-    teacher_id, seen_w, seen_mel = seen[0]
-    assert teacher_id == 0
+    seen_w = next(x for name, kind, x in seen if name == "passt-a" and kind == "wave")
+    seen_mel = next(x for name, kind, x in seen if name == "passt-a" and kind == "mel")
     np.testing.assert_array_equal(np.asarray(w), seen_w)
     np.testing.assert_array_equal(np.asarray(mel), seen_mel)
     # The student replays the same bands on its finer 32-bin frontend: exactly twice the bins.
@@ -344,18 +364,32 @@ def test_precompute_is_reproducible_and_replay_is_bit_exact(tmp_path):
     np.testing.assert_array_equal(masked_s, np.repeat(masked_t, 2, axis=1))
 
 
-def test_store_extras_hook(tmp_path):
-    store, store_cfg, *_ = _precompute(tmp_path / "s", batch_size=7)
+def test_precompute_rejects_non_finite_teacher_logits(tmp_path, tiny_tau):
+    # Non-finite only on the silent padding rows of the last batch (7 = 3 + 3 + 1 clips), which
+    # are no clip's logits: accepted.
+    store, *_ = _precompute(tmp_path / "padded", tiny_tau, batch_size=3, nan_on_silence=True)
+    assert np.isfinite(store.logits).all()
+    weights = np.ones((2, N_MELS_TEACHER, len(TAU_CLASSES)), np.float32)
+    weights[1, 0, 0] = np.nan
+    first = load_split(tiny_tau[0], "100")[0].filename
+    with pytest.raises(distill.StoreError, match=rf"precompute: non-finite teacher logits, first at clip "
+                                                 rf"'{first}' view 0 teacher 'cp_resnet-b'"):
+        _precompute(tmp_path / "bad", tiny_tau, batch_size=3, weights=weights)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_store_extras_hook(tmp_path, tiny_tau):
+    store, store_cfg, *_ = _precompute(tmp_path / "s", tiny_tau, batch_size=7)
     dataset_files = list(store.filenames[::-1])  # the dataset orders clips differently
     student = dataclasses.replace(store_cfg, mixstyle=aug.MixStyleConfig())  # the training config
-    hook = distill.StoreExtras(tmp_path / "s", dataset_files, CLASSES, teachers="cnn", augment=student)
+    hook = distill.StoreExtras(tmp_path / "s", dataset_files, TAU_CLASSES, teachers="cnn", augment=student)
     assert hook.teacher_names == ("cp_resnet-b",)
     hook = pickle.loads(pickle.dumps(hook))  # as in a grain worker process
     rng = np.random.default_rng(0)
     seen_views = set()
     for index in range(7):
         out = hook(index, rng)
-        assert set(out) == {"teacher_logits", "aug"} and out["teacher_logits"].shape == (1, len(CLASSES))
+        assert set(out) == {"teacher_logits", "aug"} and out["teacher_logits"].shape == (1, len(TAU_CLASSES))
         row = 6 - index
         matches = [v for v in range(2) if np.array_equal(out["teacher_logits"], store.logits[row, v, [1]])]
         assert matches
@@ -365,7 +399,7 @@ def test_store_extras_hook(tmp_path):
         assert out["aug"]["freq_mask"]["start"] == store.aug["freq_mask"]["start"][row, view]
     assert seen_views == {0, 1}
     with pytest.raises(distill.StoreError, match="lacks 1"):
-        distill.StoreExtras(tmp_path / "s", dataset_files + ["audio/x.wav"], CLASSES, augment=student)
+        distill.StoreExtras(tmp_path / "s", dataset_files + ["audio/x.wav"], TAU_CLASSES, augment=student)
 
 
 # ----------------------------------------------------------------------- store vs student augment

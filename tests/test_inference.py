@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import soundfile as sf
 from flax import nnx
 
 from asc_jax import inference, parallel
@@ -15,6 +14,7 @@ from asc_jax import quantize as Q
 from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import read_spec
 from asc_jax.data import pipeline, tau
+from tests.conftest import write_tau_dataset
 from tests.test_quantize import MEL, logits_fn, mels_of, save_tiny_deploy, scene_audio
 
 N_CLIPS, BATCH = 7, 3  # 7 = 2 full batches + 1 padded
@@ -28,15 +28,7 @@ def saved(tmp_path_factory):
     Q.save_quantized(root / "int8", qmodel, read_spec(root / "float"), Q.QuantConfig())
     # The clips as a TAU-layout dataset, float32 wavs so they read back bit for bit.
     audio = scene_audio(N_CLIPS, 21)
-    (root / "data" / "audio").mkdir(parents=True)
-    rows = []
-    for i, wave in enumerate(audio):
-        name = f"audio/{tau.CLASSES[i]}-lyon-{i}-{i}-0-a.wav"
-        sf.write(root / "data" / name, wave, MEL.sample_rate, subtype="FLOAT")
-        rows.append(f"{name}\t{tau.CLASSES[i]}\tlyon-{i}\ta")
-    (root / "data" / "meta.csv").write_text(
-        "filename\tscene_label\tidentifier\tsource_label\n" + "\n".join(rows) + "\n")
-    (root / "data" / "split100.csv").write_text("filename\n" + "\n".join(r.split("\t")[0] for r in rows) + "\n")
+    write_tau_dataset(root / "data", audio, MEL.sample_rate)
     clips = tau.load_split(root / "data", "100")
     source = pipeline.ClipSource(clips, root / "data", sr=MEL.sample_rate, expected_sr=MEL.sample_rate)
     return {"root": root, "model": model, "qmodel": qmodel, "audio": audio, "source": source}
@@ -88,3 +80,29 @@ def test_predict_pads_and_masks_every_clip_once_in_order(saved):
     _close(logits, logits_fn(saved["model"])(mels_of(audio)), 1e-5)
     empty = inference.predict(float_model.fn, np.zeros((0, audio.shape[1]), np.float32), BATCH)
     assert empty.shape == (0, len(tau.CLASSES)) and empty.dtype == np.float32
+
+
+def test_predict_batches_per_clip_rows_with_their_clips(saved):
+    """Per-clip inputs travel with the audio: the same batches, zero-padded, masked out again."""
+    audio, source = saved["audio"], saved["source"]
+    rows = {"gain": np.arange(1, N_CLIPS + 1, dtype=np.float32),
+            "pair": np.arange(2 * N_CLIPS, dtype=np.int32).reshape(N_CLIPS, 2)}
+
+    def fn(a, r):
+        return {"scaled": a[:, :5] * r["gain"][:, None], "pair": r["pair"]}
+
+    for src in (source, audio):
+        out = inference.predict(fn, src, BATCH, rows=rows)
+        np.testing.assert_array_equal(out["scaled"], audio[:, :5] * rows["gain"][:, None])
+        np.testing.assert_array_equal(out["pair"], rows["pair"])
+    sharded = inference.predict(fn, source, BATCH, rows=rows, mesh=parallel.make_mesh(1))
+    np.testing.assert_array_equal(sharded["pair"], rows["pair"])
+    seen = []  # every call sees BATCH rows; the last batch's padding rows are zeros
+    inference.predict(lambda a, r: seen.append(np.asarray(r["gain"])) or a[:, 0], audio, BATCH, rows=rows)
+    assert [len(g) for g in seen] == [BATCH] * 3
+    np.testing.assert_array_equal(seen[-1], [N_CLIPS, 0, 0])
+    empty = inference.predict(fn, np.zeros((0, audio.shape[1]), np.float32), BATCH,
+                              rows=jax.tree.map(lambda a: a[:0], rows))
+    assert empty["pair"].shape == (0, 2) and empty["pair"].dtype == np.int32
+    with pytest.raises(ValueError, match="one row per clip"):
+        inference.predict(fn, audio, BATCH, rows={"gain": rows["gain"][:-1]})

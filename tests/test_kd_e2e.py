@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from asc_jax import distill, teachers
+from asc_jax import distill
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig, log_mel
 from asc_jax.audio.passt_frontend import passt_logmel
 from asc_jax.checkpoint import load_model, save_model
 from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig, load_config
 from asc_jax.data import pipeline, synthetic, tau
+from asc_jax.distill import cli
 from asc_jax.models import build_model
 from asc_jax.train import train_and_evaluate
 from tests.conftest import randomize_batch_stats_and_affine
@@ -63,7 +64,7 @@ def _student_args(data_root) -> list[str]:
 @pytest.fixture(scope="module")
 def store(data_root, teacher_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / f"split{SPLIT}"
-    return teachers.main([
+    return cli.main([
         "precompute", *_student_args(data_root),
         "--teacher", str(teacher_dirs["rep_mobile-cnn_a"]),
         "--teacher", f"tiny={teacher_dirs['passt-tiny']}",
@@ -80,7 +81,7 @@ def test_store_from_saved_teachers(store, data_root):
     meta = store.meta
     assert meta["seed"] == 7 and meta["data"]["split"] == SPLIT and meta["data"]["skipped"] == []
     # The student config's augmentation without Freq-MixStyle (kd_demo.py trains with defaults).
-    assert augment.config_from_dict(meta["augment"]) == teachers.STORE_AUGMENT
+    assert augment.config_from_dict(meta["augment"]) == distill.STORE_AUGMENT
     assert meta["frontend"]["passt-tiny"]["name"] == "passt"
     assert meta["frontend"]["rep_mobile-cnn_a"] == {"name": "logmel",
                                                     "options": dataclasses.asdict(MelConfig())}
@@ -123,7 +124,7 @@ def test_stored_logits_equal_an_independent_replay(store, data_root, teacher_dir
     features = {"rep_mobile-cnn_a": (lambda w: log_mel(w, MelConfig()), 0.0),
                 "passt-tiny": (passt_logmel, (0.0 + 4.5) / 5.0)}
     for k, name in enumerate(store.teacher_names):
-        model = _jitted(load_model(teachers.resolve_model_dir(teacher_dirs[name]))[0])
+        model = _jitted(load_model(distill.resolve_model_dir(teacher_dirs[name]))[0])
         frontend, masked_value = features[name]
         x = np.asarray(frontend(wave))
         mask = _reference_mask(params["freq_mask"], x.shape[1])
@@ -152,11 +153,11 @@ def test_pipeline_batch_replays_the_stored_view(store, data_root, teacher_dirs):
     ds = pipeline.train_dataset(clips, root=data_root, batch_size=BATCH, seed=3, extra=extras)
     batch = next(iter(ds))
     np.testing.assert_array_equal(batch["roll"], batch["aug"]["roll"]["shift"])
-    rolled_cfg = dataclasses.replace(teachers.STORE_AUGMENT, roll=None)  # the host rolled already
+    rolled_cfg = dataclasses.replace(distill.STORE_AUGMENT, roll=None)  # the host rolled already
     for k, name in enumerate(store.teacher_names):
-        teacher = teachers.load_teacher(teacher_dirs[name], tag=name.split("-", 1)[1])
+        teacher = distill.load_teacher(teacher_dirs[name], tag=name.split("-", 1)[1])
         assert teacher.name == name
-        out = np.asarray(teachers.make_apply(teacher, rolled_cfg)(batch["audio"], batch["aug"]))
+        out = np.asarray(distill.make_apply(teacher, rolled_cfg)(batch["audio"], batch["aug"]))
         np.testing.assert_allclose(out, batch["teacher_logits"][:, k], atol=ATOL, rtol=ATOL, err_msg=name)
         if name == "rep_mobile-cnn_a":
             # The train step's log-mel stage: stored band replayed, MixStyle off for the check.
@@ -170,13 +171,13 @@ def test_pipeline_batch_replays_the_stored_view(store, data_root, teacher_dirs):
 
 def test_bad_teachers_fail_loudly(tmp_path, teacher_dirs, data_root):
     with pytest.raises(FileNotFoundError, match="no model.json"):
-        teachers.load_teacher(tmp_path)
+        distill.load_teacher(tmp_path)
     student = load_config(f"{CONFIGS / 'kd_demo.py'}:split={SPLIT}")
     with pytest.raises(ValueError, match="both named 'rep_mobile-cnn_a'"):
-        teachers.precompute_store(tmp_path / "s", config=student, n_views=1, seed=0,
-                                  teachers=[teacher_dirs["rep_mobile-cnn_a"]] * 2)
+        distill.precompute(tmp_path / "s", config=student, n_views=1, seed=0,
+                           teachers=[teacher_dirs["rep_mobile-cnn_a"]] * 2)
     with pytest.raises(ValueError, match="tag"):
-        teachers.load_teacher(teacher_dirs["passt-tiny"], tag="a,b")
+        distill.load_teacher(teacher_dirs["passt-tiny"], tag="a,b")
     spec_path = teacher_dirs["rep_mobile-cnn_a"] / "model" / "model.json"
     spec = json.loads(spec_path.read_text())
     other = tmp_path / "other"
@@ -189,7 +190,7 @@ def test_bad_teachers_fail_loudly(tmp_path, teacher_dirs, data_root):
         edited = {k: v for k, v in {**spec, **edit}.items() if v is not None}
         (bad / "model.json").write_text(json.dumps(edited))
         with pytest.raises(ValueError, match=error):
-            teachers.load_teacher(bad)
+            distill.load_teacher(bad)
     assert not (tmp_path / "s").exists()
 
 
@@ -214,8 +215,8 @@ def test_precompute_reads_the_students_config_file(tmp_path, teacher_dirs, data_
     config_file = tmp_path / "student.py"
     config_file.write_text(STUDENT_CONFIG.format(kd_demo=str(CONFIGS / "kd_demo.py"), split=SPLIT,
                                                  root=str(data_root), out=str(tmp_path / "store")))
-    store = teachers.main(["precompute", "--config", str(config_file),
-                           "--teacher", str(teacher_dirs["rep_mobile-cnn_a"]), "--views", "1"])
+    store = cli.main(["precompute", "--config", str(config_file),
+                      "--teacher", str(teacher_dirs["rep_mobile-cnn_a"]), "--views", "1"])
     student = load_config(str(config_file))
     assert store.path == tmp_path / "store" and store.meta["seed"] == 3  # kd.store, config seed
     assert augment.config_from_dict(store.meta["augment"]) == distill.store_augment(student.augment)
@@ -228,8 +229,8 @@ def test_precompute_reads_the_students_config_file(tmp_path, teacher_dirs, data_
     with pytest.raises(distill.StoreError, match=r"roll: store None \(disabled\), student RollConfig"):
         distill.StoreExtras(store.path, files, tau.CLASSES, augment=augment.AugmentConfig())
     with pytest.raises(SystemExit):  # the separate augmentation flags are gone
-        teachers.main(["precompute", "--config", str(config_file), "--teacher", "x", "--views", "1",
-                       "--freq-mask-param", "8"])
+        cli.main(["precompute", "--config", str(config_file), "--teacher", "x", "--views", "1",
+                  "--freq-mask-param", "8"])
 
 
 # ------------------------------------------------------------------------------- KD training run
@@ -243,12 +244,12 @@ def _rule_store(path, clips) -> None:
     labels = np.array([c.label for c in clips])
     logits = np.broadcast_to((6.0 * np.eye(len(tau.CLASSES))[PERM[labels]])[:, None, None],
                              (n, 2, 1, len(tau.CLASSES)))
-    sample = augment.example_sampler(teachers.STORE_AUGMENT)
+    sample = augment.example_sampler(distill.STORE_AUGMENT)
     views = [sample(distill.view_keys(0, np.arange(n), v)) for v in range(2)]
     distill.write_store(
         path, filenames=[c.filename for c in clips], teacher_names=["rule-perm"], logits=logits,
         aug_params=jax.tree.map(lambda *a: np.stack(a, axis=1), *views), class_names=tau.CLASSES,
-        meta={"frontend": {"rule-perm": None}, "augment": augment.config_to_dict(teachers.STORE_AUGMENT),
+        meta={"frontend": {"rule-perm": None}, "augment": augment.config_to_dict(distill.STORE_AUGMENT),
               "seed": 0})
 
 

@@ -8,11 +8,10 @@ Tables are registered in `asc_jax.experiments.tables.TABLES`; results land in
 `<workdir>/<table>/results.{md,csv}`.
 """
 from asc_jax.experiments.cli import main
-from asc_jax.experiments.prepare import PREPARERS
 from asc_jax.experiments.report import TableResults, collect, format_cell, mean_std
 from asc_jax.experiments.runner import (REQUIREMENTS, Grid, Outcome, Run, check, execute, plan,
                                         read_summary)
 from asc_jax.experiments.tables import TABLES, Row, Table
 
-__all__ = ["main", "PREPARERS", "TableResults", "collect", "format_cell", "mean_std", "REQUIREMENTS",
+__all__ = ["main", "TableResults", "collect", "format_cell", "mean_std", "REQUIREMENTS",
            "Grid", "Outcome", "Run", "check", "execute", "plan", "read_summary", "TABLES", "Row", "Table"]

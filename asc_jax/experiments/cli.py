@@ -14,7 +14,7 @@ from typing import Sequence
 
 from asc_jax import setup_logging
 from asc_jax.experiments.report import collect
-from asc_jax.experiments.prepare import PREPARERS
+from asc_jax.experiments.prepare import teacher_stores
 from asc_jax.experiments.runner import Grid, Outcome, check, execute
 from asc_jax.experiments.tables import DEFAULT_SEEDS, PAPER_SPLITS, TABLES, Table
 
@@ -123,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     for table in args.tables:
         runs = grid.plan(table)
-        for step in table.prepare:
-            for message in PREPARERS.get(step)(table, grid, args.dry_run):
-                print(f"# Table {table.name}: {step}: {message}")
+        if table.teacher_stores:
+            for message in teacher_stores(table, grid, args.dry_run):
+                print(f"# Table {table.name}: teacher_stores: {message}")
         if args.dry_run:
             print(f"# Table {table.name}: {len(runs)} runs")
             print(f"# Table {table.name}: {_counts(dry_run(runs))}")

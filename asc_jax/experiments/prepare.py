@@ -1,4 +1,4 @@
-"""Steps a table needs before its runs (`Table.prepare` names entries of `PREPARERS`).
+"""What a table needs before its runs: the KD teacher stores of a table with `Table.teacher_stores`.
 
 Table IV distils from teachers that Table III trains: per split, its teacher-logit store is
 precomputed from every finished Table III run at that split (each seed one teacher, named
@@ -9,20 +9,15 @@ the student's split only (the DCASE2024 rule), hence one store per split.
 A store is built once, when every Table III run at its split has finished or been skipped, so
 it never holds a partial ensemble; delete it to rebuild (e.g. after adding teachers). It is
 precomputed from the config of the table's first distilling run at that split (as
-`python -m asc_jax.teachers precompute --config <its spec> --set <its overrides>` would), so it
+`python -m asc_jax.distill precompute --config <its spec> --set <its overrides>` would), so it
 samples exactly the augmentation the students train with, and holds their training clips.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from asc_jax.experiments.runner import Grid, check, load_run_config
 from asc_jax.experiments.tables import TABLES, Table
-from asc_jax.registry import Registry
-
-# (table, grid, dry_run) -> one message per step taken or skipped.
-PREPARERS: Registry[Callable[[Table, Grid, bool], list[str]]] = Registry("experiment preparation")
 
 TEACHER_TABLE = "III"
 STORE_DIR = "stores/split{split}"  # under the table's directory; the KD rows' `store=` points here
@@ -45,10 +40,13 @@ def extra_teachers(grid: Grid, split: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir())
 
 
-@PREPARERS.register("teacher_stores")
 def teacher_stores(table: Table, grid: Grid, dry_run: bool = False) -> list[str]:
-    """Builds `<table dir>/stores/split<N>` for every split of `table` (see the module doc)."""
-    from asc_jax import teachers
+    """Builds `<table dir>/stores/split<N>` for every split of `table` (see the module doc).
+
+    Returns:
+      One message per split: the store built, or why it was not (exists, teachers unfinished...).
+    """
+    from asc_jax import distill
     teacher_runs = grid.plan(TABLES.get(TEACHER_TABLE))
     messages = []
     students = {}  # split -> the config of the first run at that split that distils
@@ -79,7 +77,7 @@ def teacher_stores(table: Table, grid: Grid, dry_run: bool = False) -> list[str]
             messages.append(f"split {split}: would build {out} from {len(pairs)} teacher(s)")
             continue
         # The student's data section generates the tiny smoke dataset if it is not there yet.
-        store = teachers.precompute_store(
+        store = distill.precompute(
             out, config=student, teachers=pairs,
             n_views=SMOKE_STORE_VIEWS if grid.smoke else STORE_VIEWS, seed=STORE_SEED, progress=False)
         messages.append(f"split {split}: built {out} from {', '.join(store.teacher_names)}")

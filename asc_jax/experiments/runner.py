@@ -184,7 +184,7 @@ def _passt_frontend(config: Config) -> str | None:
         return ("PaSST needs its own frontend (asc_jax.audio.passt_frontend), which "
                 "train_and_evaluate does not support yet (no Config.frontend); its teacher logits "
                 "come from converted weights (convert_weights.py) via "
-                "`python -m asc_jax.teachers precompute`")
+                "`python -m asc_jax.distill precompute`")
     return None
 
 

@@ -71,7 +71,7 @@ class Table:
     splits: tuple[str, ...] | None = None  # Fixed splits; None = the CLI's --splits.
     complexity: bool = True  # Params/MACs columns (where rows differ in size).
     smoke_model_options: bool = True  # Apply SMOKE_MODEL_OPTIONS in smoke mode.
-    prepare: tuple[str, ...] = ()  # Steps before the runs (asc_jax.experiments.prepare.PREPARERS).
+    teacher_stores: bool = False  # Build its per-split KD teacher stores before the runs (prepare.py).
 
     def __post_init__(self):
         keys = [r.key for r in self.rows]
@@ -141,7 +141,7 @@ register(Table(
     title="Table IV: knowledge distillation into Rep-Mobile",
     complexity=False,  # one student size throughout
     # Per split, the teacher-logit store comes from table III's finished teachers at that split.
-    prepare=("teacher_stores",),
+    teacher_stores=True,
     rows=tuple(
         Row(teachers, label,
             f"configs/kd_tau.py:teachers={teachers},store={{table_dir}}/stores/split{{split}}",

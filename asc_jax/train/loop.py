@@ -114,7 +114,8 @@ def _teacher_extras(config: Config, data: Data):
 
 def _loss_fn(config: Config):
     if config.kd.store:
-        return steps.make_kd_loss(config.kd.lam, config.kd.tau, config.kd.scale_by_tau_sq)
+        from asc_jax.distill import make_kd_loss
+        return make_kd_loss(config.kd.lam, config.kd.tau, config.kd.scale_by_tau_sq)
     return steps.classification_loss
 
 

@@ -15,7 +15,6 @@ from flax import nnx
 
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig, log_mel
-from asc_jax.distill import kd_loss
 from asc_jax.train.state import TrainState
 
 Batch = dict[str, Any]
@@ -24,15 +23,6 @@ Batch = dict[str, Any]
 def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, dict]:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     return ce, {"ce": ce}
-
-
-def make_kd_loss(lam: float, tau: float, scale_by_tau_sq: bool) -> Callable:
-    def loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, dict]:
-        value, metrics = kd_loss(logits, batch["teacher_logits"], batch["label"], lam=lam, tau=tau,
-                                 scale_by_tau_sq=scale_by_tau_sq)
-        # Per-teacher vectors are logged element-wise by the host logger.
-        return value, {k: v for k, v in metrics.items() if k != "loss"}
-    return loss
 
 
 def _mel_replay(batch: Batch) -> dict:
@@ -48,7 +38,6 @@ def make_train_step(
     loss_fn: Callable[[jax.Array, Batch], tuple[jax.Array, dict]],
     key: jax.Array,
     schedule: optax.Schedule | None = None,
-    post_update: Callable[[Any, Any], Any] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds `step(state, batch) -> (state, metrics)`, jitted with the state donated.
 
@@ -61,7 +50,6 @@ def make_train_step(
       loss_fn: (logits, batch) -> (loss, metrics).
       key: base PRNG key of the augmentations.
       schedule: learning-rate schedule, only for logging.
-      post_update: optional (params, opt_state) -> params hook (pruning masks).
     """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
@@ -81,8 +69,6 @@ def make_train_step(
             state.params, state.batch_stats)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if post_update is not None:
-            params = post_update(params, opt_state)
         metrics = {
             **metrics,
             "loss": loss,

@@ -1,0 +1,155 @@
+"""What a student takes from a teacher-logit store: the augmentation it must share with the
+store, and the grain hook that hands it one stored view per clip.
+
+A store holds the per-clip part of the student's augmentation (``store_augment``: all but
+Freq-MixStyle, which couples the examples of a batch; the student applies it fresh on top of the
+replayed input). A store is only usable by a student whose ``config.augment`` equals it
+(``check_augment``): the student would silently drop stored parameters its config disables, or
+sample fresh ones the teachers never saw for augmentations the store lacks. ``StoreExtras``
+refuses any other, so precompute a store from the student's own config file
+(``python -m asc_jax.distill precompute --config ...``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from asc_jax.audio import augment
+from asc_jax.distill.store import StoreError, TeacherStore, read_store, teacher_columns
+
+
+def _per_clip(name: str) -> bool:
+    """Whether augmentation ``name`` is stored per clip (MixStyle couples a batch: never). The one
+    place that asks the augmentation registry."""
+    return augment.AUGMENTATIONS.get(name).per_example
+
+
+def store_augment(cfg: augment.AugmentConfig) -> augment.AugmentConfig:
+    """The part of a training config's augmentation that a store samples and replays: ``cfg``
+    with the augmentations that couple a batch (Freq-MixStyle) disabled."""
+    return dataclasses.replace(cfg, **{f.name: None for f in dataclasses.fields(cfg)
+                                       if not _per_clip(f.name)})
+
+
+def _describe_setting(sub: Any) -> str:
+    return "None (disabled)" if sub is None else repr(sub)
+
+
+def augment_mismatch(stored: Mapping[str, Any], student: augment.AugmentConfig) -> list[str]:
+    """How a store's augmentation differs from a student's, one line per difference.
+
+    Every augmentation a store replays is compared field by field: the roll (its stored shift
+    replaces the host's fresh roll, so its bound and rate must be the student's) and the
+    frequency mask (bound, resolution and mask value). Augmentations that couple a batch
+    (Freq-MixStyle) are never stored and are left out of the comparison.
+
+    Args:
+      stored: a store's ``meta["augment"]`` (``augment.config_to_dict``).
+      student: the student's ``config.augment``.
+
+    Returns:
+      e.g. ``["freq_mask: store FreqMaskConfig(mask_param=48, ...), student None (disabled)",
+      "roll.max_shift_s: store 0.125, student 0.25"]``; empty when they agree.
+    """
+    store_cfg = augment.config_from_dict(dict(stored))
+    out = []
+    for field in dataclasses.fields(student):
+        if not _per_clip(field.name):
+            continue
+        have, want = getattr(store_cfg, field.name), getattr(student, field.name)
+        if have == want:
+            continue
+        if have is None or want is None:
+            out.append(f"{field.name}: store {_describe_setting(have)}, student {_describe_setting(want)}")
+            continue
+        for sub in dataclasses.fields(want):
+            a, b = getattr(have, sub.name), getattr(want, sub.name)
+            if a != b:
+                out.append(f"{field.name}.{sub.name}: store {a!r}, student {b!r}")
+    return out
+
+
+def check_augment(store: TeacherStore, student: augment.AugmentConfig) -> None:
+    """Raise unless the student's augmentation is the one ``store`` was computed under.
+
+    Raises:
+      StoreError: naming every differing augmentation with the store's and the student's
+        setting (see ``augment_mismatch``), or a store whose parameter arrays disagree with
+        its own header.
+    """
+    recorded = store.meta.get("augment")
+    try:
+        if not isinstance(recorded, dict):
+            raise TypeError("not a dict")
+        differences = augment_mismatch(recorded, student)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"teacher store {store.path}: unreadable meta['augment'] {recorded!r}: {e}") from None
+    if differences:
+        raise StoreError(
+            f"teacher store {store.path} was computed under other augmentations than the "
+            f"student's config.augment: {'; '.join(differences)}. The student must replay what "
+            "the teachers saw: use the store's settings, or rebuild the store from the "
+            "student's config (python -m asc_jax.distill precompute --config ...). "
+            "Freq-MixStyle is exempt: the student applies it fresh."
+        )
+    stored = store_augment(augment.config_from_dict(recorded))
+    enabled = {f.name for f in dataclasses.fields(stored) if getattr(stored, f.name) is not None}
+    if enabled != set(store.aug):
+        raise StoreError(f"teacher store {store.path}: header augmentations {sorted(enabled)} but "
+                         f"stored parameters for {sorted(store.aug)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Grain hook
+# ----------------------------------------------------------------------------------------------
+class StoreExtras:
+    """Per-record hook for the grain pipeline: ``extra(index, rng) -> dict``.
+
+    Record ``index`` of the dataset (whose clip keys are ``filenames``) gets one uniformly drawn
+    view of its clip: ``{"teacher_logits": float32 (K, C), "aug": {name: {field: scalar}}}``.
+    The pipeline must feed the student the input these parameters describe (e.g. roll by
+    ``aug["roll"]["shift"]`` instead of a fresh host roll).
+
+    Building the hook checks the store against the student: every clip and the class order
+    (``TeacherStore.check_dataset``), and the augmentation (``check_augment``:
+    ``augment`` is the student's ``config.augment``, which must equal the store's apart from
+    Freq-MixStyle).
+
+    The store is opened lazily in each process (memory maps do not pickle into grain workers).
+    """
+
+    def __init__(self, store: str | os.PathLike | TeacherStore, filenames: Sequence[str],
+                 class_names: Sequence[str], teachers: str | Sequence[str] | None = None, *,
+                 augment: augment.AugmentConfig):
+        opened = store if isinstance(store, TeacherStore) else read_store(store)
+        opened.check_dataset(filenames, class_names)
+        check_augment(opened, augment)
+        self.path = opened.path
+        self._rows = opened.rows(list(filenames))
+        self._n_views = opened.n_views
+        self._cols = (None if teachers is None
+                      else teacher_columns(teachers, opened.teacher_names))
+        self.teacher_names = (opened.teacher_names if self._cols is None
+                              else tuple(opened.teacher_names[i] for i in self._cols))
+        self._store: TeacherStore | None = opened
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_store"] = None
+        return state
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict:
+        if self._store is None:
+            # Finiteness was checked when the hook was built in the parent process.
+            self._store = read_store(self.path, check_finite=False)
+        row = self._rows[index]
+        view = int(rng.integers(self._n_views))
+        logits = np.asarray(self._store.logits[row, view])
+        if self._cols is not None:
+            logits = logits[self._cols]
+        aug = jax.tree.map(lambda a: np.asarray(a[row, view]), self._store.aug)
+        return {"teacher_logits": logits, "aug": aug}
