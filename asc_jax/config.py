@@ -202,6 +202,9 @@ RETIRED_FIELDS: Mapping[str, tuple | None] = {
     "prune.finetune": ("sliced",),
     "prune.start_epoch": (0,),
     "prune.allow_inexact_masking": None,
+    # The roll's bound was always counted at the stream's rate (config.mel.sample_rate); this
+    # field only fed a teacher-store check, which now reads the store's recorded rate.
+    "augment.roll.sr": None,
 }
 _ABSENT = object()  # a stored value nothing equals: the run had no value for this field
 

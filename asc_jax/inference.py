@@ -31,7 +31,7 @@ from flax import nnx
 from asc_jax import parallel
 from asc_jax.audio.frontends import Frontend, frontend_of
 from asc_jax.checkpoint import load_model, read_spec
-from asc_jax.data import pipeline
+from asc_jax.data import pipeline, sources
 
 Features = Callable[..., jax.Array]  # frontend: (waveform (B, n_samples), *args) -> model input
 
@@ -116,7 +116,7 @@ def _padded(a: np.ndarray, start: int, batch_size: int) -> np.ndarray:
     return out
 
 
-def predict(fn: Callable[..., Any], source: pipeline.ClipSource | np.ndarray, batch_size: int, *,
+def predict(fn: Callable[..., Any], source: sources.ClipSource | np.ndarray, batch_size: int, *,
             rows: Any = None, mesh: jax.sharding.Mesh | None = None) -> Any:
     """`fn` over every clip of `source`, once each and in order, in batches of one static shape.
 
@@ -140,7 +140,7 @@ def predict(fn: Callable[..., Any], source: pipeline.ClipSource | np.ndarray, ba
     """
     if mesh is not None:
         batch_size = -(-batch_size // mesh.size) * mesh.size
-    if isinstance(source, pipeline.ClipSource):
+    if isinstance(source, sources.ClipSource):
         n_samples, batches = source.num_samples, pipeline.eval_batches(source, batch_size, sr=source.sr)
     else:
         source = np.asarray(source, np.float32)

@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from asc_jax.data import pipeline, synthetic, tau
+from asc_jax.data import pipeline, sources, synthetic, tau
 from benchmarks import common
 
 COLUMNS = ("workers", "phase", "batch", "batches", "seconds", "clips_per_s", "ms_per_batch",
@@ -41,7 +41,7 @@ def _step_rate(args, batch: int) -> tuple[float | None, str]:
     return float(row["clips_per_s"]), f"{row['model']} at batch {row['batch']} from {path.name}"
 
 
-def measure(source: pipeline.ClipSource, batch: int, workers: int, seed: int) -> list[dict]:
+def measure(source: sources.ClipSource, batch: int, workers: int, seed: int) -> list[dict]:
     steps_per_epoch = len(source) // batch
     with common.PeakMemory() as mem:
         t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     rows = []
     for n in (0, workers):
         # A fresh source per run: the cache must start empty for the cold phase.
-        rows += measure(pipeline.ClipSource(clips, root, cache=True), batch, n, args.seed)
+        rows += measure(sources.ClipSource(clips, root, cache=True), batch, n, args.seed)
     step_rate, step_source = _step_rate(args, batch)
     for row in rows:
         row["step_clips_per_s"] = step_rate if step_rate is not None else "n/a"

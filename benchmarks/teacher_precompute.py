@@ -94,7 +94,7 @@ def measure(size: str, batch: int, n_batches: int, iters: int, seed: int) -> dic
     frontend = PaSSTFrontendConfig()
     rng = np.random.default_rng(seed)
     waves = rng.normal(0, 0.1, (batch, frontend.sample_rate)).astype(np.float32)
-    sample_aug = augment.example_sampler(STORE_AUG)
+    sample_aug = augment.example_sampler(STORE_AUG, frontend.sample_rate)
     with common.PeakMemory() as mem:
         t0 = time.perf_counter()
         model = build_model("passt", rngs=nnx.Rngs(seed), n_classes=len(CLASSES), **SIZES[size])

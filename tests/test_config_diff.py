@@ -53,6 +53,14 @@ def test_retired_fields_at_the_values_that_mean_what_the_code_does_are_tolerated
     assert config_diff(masked, config) == ["prune.finetune", "prune.start_epoch"]
 
 
+def test_runs_that_recorded_the_rolls_sample_rate_resume():
+    """RollConfig.sr is gone: training always counted the bound at the stream's rate."""
+    config = Config()
+    stored = _stored(config)
+    stored["augment"]["roll"]["sr"] = 32000
+    assert config_diff(stored, config) == []
+
+
 def test_max_steps_is_ignored():
     config = Config()
     assert config_diff({**_stored(config), "max_steps": 7}, dataclasses.replace(config, max_steps=0)) == []

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 from absl import flags
 
-from asc_jax.data import pipeline, tau
+from asc_jax.audio import augment
+from asc_jax.data import pipeline, sources, tau
 
 SR = 32000
 N_CLIPS = 37  # not a multiple of any batch size used below
@@ -40,7 +41,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture
 def source(dataset):
     root, clips = dataset
-    return pipeline.ClipSource(clips, root, sr=SR, expected_sr=SR)
+    return sources.ClipSource(clips, root, sr=SR, expected_sr=SR)
 
 
 def _check_batch(batch, clips, batch_size, max_shift=4000):
@@ -91,9 +92,17 @@ def test_seed_changes_order_and_rolls(source):
 
 
 def test_no_roll(source, dataset):
-    batch = next(iter(pipeline.train_dataset(source, batch_size=8, seed=0, sr=SR, max_roll_ms=0)))
+    batch = next(iter(pipeline.train_dataset(source, batch_size=8, seed=0, sr=SR, roll=None)))
     assert np.all(batch["roll"] == 0)
     _check_batch(batch, dataset[1], 8, max_shift=0)
+
+
+def test_roll_bound_is_the_configs_in_samples_of_the_stream(source, dataset):
+    # 10 ms at 32 kHz: 320 samples; the same RollConfig the device-side sampler reads.
+    roll = augment.RollConfig(max_shift_s=0.01)
+    it = iter(pipeline.train_dataset(source, batch_size=8, seed=0, sr=SR, roll=roll))
+    rolls = np.concatenate([b["roll"] for b in (next(it) for _ in range(10))])
+    assert np.abs(rolls).max() <= roll.max_shift(SR) == 320 and np.abs(rolls).max() > 160
 
 
 def _extra(index: int, rng: np.random.Generator) -> dict:
@@ -159,8 +168,8 @@ def test_sample_rate_mismatch_with_source(source):
 def test_cache_avoids_rereading(tmp_path):
     sf.write(tmp_path / "x.wav", _waveform(3), SR, subtype="FLOAT")
     clip = tau.Clip("x.wav", 3, "a", "lyon", "lyon-3")
-    cached = pipeline.ClipSource([clip], tmp_path, sr=SR, expected_sr=SR)
-    uncached = pipeline.ClipSource([clip], tmp_path, sr=SR, expected_sr=SR, cache=False)
+    cached = sources.ClipSource([clip], tmp_path, sr=SR, expected_sr=SR)
+    uncached = sources.ClipSource([clip], tmp_path, sr=SR, expected_sr=SR, cache=False)
     first = cached[0]["audio"]
     uncached[0]
     (tmp_path / "x.wav").unlink()

@@ -261,11 +261,11 @@ def _bad_split(root):
 
 
 def test_skip_mode_covers_every_per_clip_failure(fake_tau, caplog):
-    from asc_jax.data import pipeline
+    from asc_jax.data import pipeline, sources
 
     good, stereo, bad = _bad_split(fake_tau)
     with caplog.at_level(logging.WARNING):
-        opened = pipeline.load_split_source(fake_tau, "10", on_error="skip", threads=2)
+        opened = sources.load_split_source(fake_tau, "10", on_error="skip", threads=2)
     assert [c.filename for c in opened.clips] == [*good, stereo]  # meta.csv order
     reasons = {s.filename: s.reason for s in opened.skipped}
     assert set(reasons) == {*bad.values(), "audio/ghost-x-9-9-5-a.wav"}
@@ -296,19 +296,19 @@ def test_skip_mode_covers_every_per_clip_failure(fake_tau, caplog):
 
 
 def test_raise_mode_names_the_first_bad_file_before_training(fake_tau):
-    from asc_jax.data import pipeline
+    from asc_jax.data import sources
 
     good, stereo, bad = _bad_split(fake_tau)
     with pytest.raises(tau.MissingClipError, match=r"metro-lyon-7-7-5-a.wav: audio file not found"):
-        pipeline.load_split_source(fake_tau, "10")
+        sources.load_split_source(fake_tau, "10")
     # Without the metadata problems, the up-front header check names the first bad audio file.
     _tsv(fake_tau / "split_setup" / "split10.csv", ("filename",),
          [(n,) for n in (*good, stereo, bad["truncated"], bad["corrupt"])])
     with pytest.raises(tau.BadClipError, match=r"metro-paris-3-3-5-a.wav: 22\d+ samples, expected 44100"):
-        pipeline.load_split_source(fake_tau, "10")
+        sources.load_split_source(fake_tau, "10")
     # A NaN passes the header check and is named when the clip is read.
     _tsv(fake_tau / "split_setup" / "split10.csv", ("filename",), [(n,) for n in (*good, bad["nan"])])
-    opened = pipeline.load_split_source(fake_tau, "10", cache=False)
+    opened = sources.load_split_source(fake_tau, "10", cache=False)
     with pytest.raises(tau.BadClipError, match=r"bus-paris-6-6-5-a.wav: audio contains NaN"):
         opened.source[2]
 

@@ -15,7 +15,7 @@ from asc_jax import distill
 from asc_jax.audio import augment as aug
 from asc_jax.audio.frontends import Frontend
 from asc_jax.config import Config, DataConfig
-from asc_jax.data import pipeline
+from asc_jax.data import sources
 from asc_jax.data.tau import CLASSES as TAU_CLASSES, TAU_SAMPLE_RATE, load_split
 from tests.conftest import write_tau_dataset
 
@@ -273,7 +273,7 @@ def test_store_write_validation_errors(tmp_path):
 
 # --------------------------------------------------------------------------- precompute / hook
 N_CLIPS, N_MELS_TEACHER, N_MELS_STUDENT = 7, 16, 32
-STORE_CFG = aug.AugmentConfig(roll=aug.RollConfig(max_shift_s=0.01, sr=32000),
+STORE_CFG = aug.AugmentConfig(roll=aug.RollConfig(max_shift_s=0.01),
                               freq_mask=aug.FreqMaskConfig(mask_param=6, n_mels=N_MELS_TEACHER),
                               mixstyle=None)
 
@@ -291,7 +291,7 @@ def tiny_tau(tmp_path_factory):
     rng = np.random.default_rng(0)
     write_tau_dataset(root, rng.normal(0, 0.1, (N_CLIPS, TAU_SAMPLE_RATE)).astype(np.float32),
                       TAU_SAMPLE_RATE)
-    return root, pipeline.ClipSource(load_split(root, "100"), root, sr=32000)
+    return root, sources.ClipSource(load_split(root, "100"), root, sr=32000)
 
 
 def _toy_teacher(name, weights, seen, nan_on_silence=False):
@@ -343,7 +343,7 @@ def test_precompute_is_reproducible_and_replay_is_bit_exact(tmp_path, tiny_tau):
     np.testing.assert_allclose(store.logits, other.logits, rtol=1e-5, atol=1e-5)
     assert store.logits.shape == (7, 2, 2, len(TAU_CLASSES))
     # Parameters come from (seed, clip, view) keys.
-    direct = aug.example_sampler(store_cfg)(distill.view_keys(123, np.arange(7), 1))
+    direct = aug.example_sampler(store_cfg, 32000)(distill.view_keys(123, np.arange(7), 1))
     np.testing.assert_array_equal(store.aug["roll"]["shift"][:, 1], np.asarray(direct["roll"]["shift"]))
     assert len(np.unique(store.aug["roll"]["shift"])) > 7
     # Replaying stored parameters reproduces bit-exactly what the teachers saw
@@ -382,7 +382,8 @@ def test_store_extras_hook(tmp_path, tiny_tau):
     store, store_cfg, *_ = _precompute(tmp_path / "s", tiny_tau, batch_size=7)
     dataset_files = list(store.filenames[::-1])  # the dataset orders clips differently
     student = dataclasses.replace(store_cfg, mixstyle=aug.MixStyleConfig())  # the training config
-    hook = distill.StoreExtras(tmp_path / "s", dataset_files, TAU_CLASSES, teachers="cnn", augment=student)
+    hook = distill.StoreExtras(tmp_path / "s", dataset_files, TAU_CLASSES, teachers="cnn", augment=student,
+                              sample_rate=32000)
     assert hook.teacher_names == ("cp_resnet-b",)
     hook = pickle.loads(pickle.dumps(hook))  # as in a grain worker process
     rng = np.random.default_rng(0)
@@ -399,26 +400,30 @@ def test_store_extras_hook(tmp_path, tiny_tau):
         assert out["aug"]["freq_mask"]["start"] == store.aug["freq_mask"]["start"][row, view]
     assert seen_views == {0, 1}
     with pytest.raises(distill.StoreError, match="lacks 1"):
-        distill.StoreExtras(tmp_path / "s", dataset_files + ["audio/x.wav"], TAU_CLASSES, augment=student)
+        distill.StoreExtras(tmp_path / "s", dataset_files + ["audio/x.wav"], TAU_CLASSES, augment=student,
+                            sample_rate=32000)
 
 
 # ----------------------------------------------------------------------- store vs student augment
 STUDENT_AUG = aug.AugmentConfig()  # the training default: roll, frequency mask, Freq-MixStyle
 
 
-def _aug_store(path, store_cfg, n=5, views=2):
-    """A store whose parameters are sampled from store_cfg, with store_cfg in its header."""
-    sample = aug.example_sampler(store_cfg)
+def _aug_store(path, store_cfg, n=5, views=2, meta=None):
+    """A store of 32 kHz clips whose parameters are sampled from store_cfg, with store_cfg in its
+    header."""
+    sample = aug.example_sampler(store_cfg, 32000)
     params = [sample(distill.view_keys(0, np.arange(n), v)) for v in range(views)]
     return distill.write_store(
         path, filenames=[f"audio/c{i}.wav" for i in range(n)], teacher_names=["cp_resnet-a"],
         logits=np.zeros((n, views, 1, len(CLASSES)), np.float32),
         aug_params=jax.tree.map(lambda *a: np.stack(a, axis=1), *params), class_names=CLASSES,
-        meta={"frontend": {}, "augment": aug.config_to_dict(store_cfg), "seed": 0})
+        meta=meta or {"frontend": {}, "augment": aug.config_to_dict(store_cfg), "seed": 0,
+                      "data": {"sample_rate": 32000}})
 
 
-def _hook(path, student):
-    return distill.StoreExtras(path, [f"audio/c{i}.wav" for i in range(5)], CLASSES, augment=student)
+def _hook(path, student, sample_rate=32000):
+    return distill.StoreExtras(path, [f"audio/c{i}.wav" for i in range(5)], CLASSES, augment=student,
+                               sample_rate=sample_rate)
 
 
 def test_store_with_masks_refuses_a_student_without(tmp_path):
@@ -450,7 +455,7 @@ def test_store_augment_field_differences_are_named(tmp_path):
         _hook(path, student)
     assert "roll.max_shift_s: store 0.125, student 0.25; freq_mask.mask_param: store 48, student 24" in str(err.value)
     # The stored roll replaces the host's: a student without one would still hear it.
-    with pytest.raises(distill.StoreError, match=r"roll: store RollConfig\(max_shift_s=0.125, sr=32000\), "
+    with pytest.raises(distill.StoreError, match=r"roll: store RollConfig\(max_shift_s=0.125\), "
                                                  r"student None \(disabled\)"):
         _hook(path, dataclasses.replace(STUDENT_AUG, roll=None))
 
@@ -465,10 +470,30 @@ def test_freq_mixstyle_is_exempt(tmp_path):
     assert distill.store_augment(STUDENT_AUG) == dataclasses.replace(STUDENT_AUG, mixstyle=None)
 
 
+def test_stored_roll_must_be_counted_at_the_students_rate(tmp_path):
+    store_cfg = distill.store_augment(STUDENT_AUG)
+    path = _aug_store(tmp_path / "s", store_cfg)
+    with pytest.raises(distill.StoreError, match="roll shifts counted at 32000 Hz .* student's waveforms are at 44100 Hz"):
+        _hook(path, STUDENT_AUG, sample_rate=44100)
+    # A store that does not record its clips' rate cannot vouch for its shifts.
+    bare = _aug_store(tmp_path / "bare", store_cfg, meta={"frontend": {}, "seed": 0,
+                                                          "augment": aug.config_to_dict(store_cfg)})
+    with pytest.raises(distill.StoreError, match="counted at None Hz"):
+        _hook(bare, STUDENT_AUG)
+    # Stores written while RollConfig had an `sr` field recorded the rate there: still usable.
+    legacy = aug.config_to_dict(store_cfg)
+    legacy["roll"] = {**legacy["roll"], "sr": 32000}
+    old = _aug_store(tmp_path / "old", store_cfg, meta={"frontend": {}, "seed": 0, "augment": legacy})
+    _hook(old, STUDENT_AUG)
+    with pytest.raises(distill.StoreError, match="counted at 32000 Hz"):
+        _hook(old, STUDENT_AUG, sample_rate=16000)
+
+
 def test_store_whose_arrays_disagree_with_its_header_is_refused(tmp_path):
     inp = _store_inputs(n=5)
     inp["filenames"] = [f"audio/c{i}.wav" for i in range(5)]
-    inp["meta"] = {**inp["meta"], "augment": aug.config_to_dict(aug.AugmentConfig(freq_mask=None, mixstyle=None))}
+    inp["meta"] = {**inp["meta"], "augment": aug.config_to_dict(aug.AugmentConfig(freq_mask=None, mixstyle=None)),
+                   "data": {"sample_rate": 32000}}
     path = distill.write_store(tmp_path / "s", **inp)  # holds freq_mask parameters all the same
     with pytest.raises(distill.StoreError, match=r"header augmentations \['roll'\] but stored parameters "
                                                  r"for \['freq_mask', 'roll'\]"):
@@ -488,14 +513,15 @@ def test_training_refuses_a_mismatched_store(tmp_path):
 
     path = tmp_path / "s"
     n = 5
-    sample = aug.example_sampler(distill.store_augment(STUDENT_AUG))
+    sample = aug.example_sampler(distill.store_augment(STUDENT_AUG), 32000)
     params = sample(distill.view_keys(0, np.arange(n), 0))
     clips = [tau.Clip(f"audio/c{i}.wav", 0, "a", "lyon", "lyon-1") for i in range(n)]
     distill.write_store(
         path, filenames=[c.filename for c in clips], teacher_names=["cp_resnet-a"],
         logits=np.zeros((n, 1, 1, len(tau.CLASSES)), np.float32),
         aug_params=jax.tree.map(lambda a: np.asarray(a)[:, None], params), class_names=tau.CLASSES,
-        meta={"frontend": {}, "augment": aug.config_to_dict(distill.store_augment(STUDENT_AUG)), "seed": 0})
+        meta={"frontend": {}, "augment": aug.config_to_dict(distill.store_augment(STUDENT_AUG)), "seed": 0,
+              "data": {"sample_rate": 32000}})
     data = types.SimpleNamespace(train_clips=clips)
     config = Config(kd=KDConfig(store=str(path)))
     assert loop._teacher_extras(config, data).teacher_names == ("cp_resnet-a",)

@@ -13,7 +13,7 @@ from asc_jax import inference, parallel
 from asc_jax import quantize as Q
 from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import read_spec
-from asc_jax.data import pipeline, tau
+from asc_jax.data import sources, tau
 from tests.conftest import write_tau_dataset
 from tests.test_quantize import MEL, logits_fn, mels_of, save_tiny_deploy, scene_audio
 
@@ -30,7 +30,7 @@ def saved(tmp_path_factory):
     audio = scene_audio(N_CLIPS, 21)
     write_tau_dataset(root / "data", audio, MEL.sample_rate)
     clips = tau.load_split(root / "data", "100")
-    source = pipeline.ClipSource(clips, root / "data", sr=MEL.sample_rate, expected_sr=MEL.sample_rate)
+    source = sources.ClipSource(clips, root / "data", sr=MEL.sample_rate, expected_sr=MEL.sample_rate)
     return {"root": root, "model": model, "qmodel": qmodel, "audio": audio, "source": source}
 
 

@@ -16,7 +16,7 @@ from asc_jax.audio.features import MelConfig, log_mel
 from asc_jax.audio.passt_frontend import passt_logmel
 from asc_jax.checkpoint import load_model, save_model
 from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig, load_config
-from asc_jax.data import pipeline, synthetic, tau
+from asc_jax.data import pipeline, sources, synthetic, tau
 from asc_jax.distill import cli
 from asc_jax.models import build_model
 from asc_jax.train import train_and_evaluate
@@ -113,7 +113,7 @@ def test_stored_logits_equal_an_independent_replay(store, data_root, teacher_dir
     """A stored view is the teacher on: np.roll by the stored shift, its own frontend, the stored
     band masked in its own bins and units; computed here without the teachers module."""
     clips = tau.load_split(data_root, SPLIT)
-    source = pipeline.ClipSource(clips, data_root, sr=32000)
+    source = sources.ClipSource(clips, data_root, sr=32000)
     # The first precompute batch and the padded last one (100 = 6 * 16 + 4 clips).
     rows, view = np.r_[0:12, 96:100], 1
     _, params = store.lookup(rows, view)
@@ -149,7 +149,7 @@ def test_pipeline_batch_replays_the_stored_view(store, data_root, teacher_dirs):
     clips = tau.load_split(data_root, SPLIT)
     student = load_config(f"{CONFIGS / 'kd_demo.py'}:split={SPLIT}")
     extras = distill.StoreExtras(store.path, [c.filename for c in clips], tau.CLASSES,
-                                 augment=student.augment)
+                                 augment=student.augment, sample_rate=student.mel.sample_rate)
     ds = pipeline.train_dataset(clips, root=data_root, batch_size=BATCH, seed=3, extra=extras)
     batch = next(iter(ds))
     np.testing.assert_array_equal(batch["roll"], batch["aug"]["roll"]["shift"])
@@ -225,9 +225,9 @@ def test_precompute_reads_the_students_config_file(tmp_path, teacher_dirs, data_
     assert (np.asarray(store.aug["freq_mask"]["n_mels"]) == 128).all()
     files = [c.filename for c in tau.load_split(data_root, SPLIT)]
     assert store.filenames == tuple(files)
-    distill.StoreExtras(store.path, files, tau.CLASSES, augment=student.augment)
+    distill.StoreExtras(store.path, files, tau.CLASSES, augment=student.augment, sample_rate=32000)
     with pytest.raises(distill.StoreError, match=r"roll: store None \(disabled\), student RollConfig"):
-        distill.StoreExtras(store.path, files, tau.CLASSES, augment=augment.AugmentConfig())
+        distill.StoreExtras(store.path, files, tau.CLASSES, augment=augment.AugmentConfig(), sample_rate=32000)
     with pytest.raises(SystemExit):  # the separate augmentation flags are gone
         cli.main(["precompute", "--config", str(config_file), "--teacher", "x", "--views", "1",
                   "--freq-mask-param", "8"])
@@ -244,13 +244,13 @@ def _rule_store(path, clips) -> None:
     labels = np.array([c.label for c in clips])
     logits = np.broadcast_to((6.0 * np.eye(len(tau.CLASSES))[PERM[labels]])[:, None, None],
                              (n, 2, 1, len(tau.CLASSES)))
-    sample = augment.example_sampler(distill.STORE_AUGMENT)
+    sample = augment.example_sampler(distill.STORE_AUGMENT, 32000)
     views = [sample(distill.view_keys(0, np.arange(n), v)) for v in range(2)]
     distill.write_store(
         path, filenames=[c.filename for c in clips], teacher_names=["rule-perm"], logits=logits,
         aug_params=jax.tree.map(lambda *a: np.stack(a, axis=1), *views), class_names=tau.CLASSES,
         meta={"frontend": {"rule-perm": None}, "augment": augment.config_to_dict(distill.STORE_AUGMENT),
-              "seed": 0})
+              "seed": 0, "data": {"sample_rate": 32000}})
 
 
 def _held_out_agreement(summary) -> float:

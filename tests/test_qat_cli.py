@@ -14,7 +14,7 @@ from flax import nnx
 from asc_jax import complexity, inference
 from asc_jax import quantize as Q
 from asc_jax.checkpoint import load_model
-from asc_jax.data import pipeline, tau
+from asc_jax.data import sources, tau
 from asc_jax.data.synthetic import ensure_dataset
 from tests.test_quantize import save_tiny_deploy
 
@@ -75,7 +75,7 @@ def test_qat_cli_reports_float_ptq_qat_and_saves_a_working_int8_model(tmp_path, 
 
     saved = inference.load(out.with_name("int8_qat"), form="int8")
     clips = tau.load_split(root, "test")
-    source = pipeline.ClipSource(clips, root, sr=saved.frontend.sample_rate, cache=False)
+    source = sources.ClipSource(clips, root, sr=saved.frontend.sample_rate, cache=False)
     [fake_quant] = finetuned
     fake_quant_fn = inference.model_fn(fake_quant, saved.frontend.features)
     int8_logits, fake_quant_logits = inference.predict(lambda audio: (saved.fn(audio), fake_quant_fn(audio)),

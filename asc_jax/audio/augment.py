@@ -1,76 +1,47 @@
 """Pure-JAX data augmentations with storable parameters: waveform roll, frequency masking,
 Freq-MixStyle.
 
-Every augmentation is split into
+Each augmentation is one frozen dataclass: its fields are its settings (what a config sets),
+and it carries
 
-  * ``sample(key, batch_size, cfg) -> params``: a small pytree of per-example arrays (leading
-    axis = batch) that can be written to disk, and
-  * ``apply(x, params, cfg) -> x``: deterministic given ``params``.
+  * ``stage``: "wave" for (B, n_samples) waveforms, "mel" for (B, n_mels, n_frames) log-mels;
+  * ``per_clip``: False when its parameters couple the examples of a batch (MixStyle's partner
+    index), so they cannot be stored per clip in a teacher-logit store;
+  * ``sample(key, batch_size, sr) -> params``: a small pytree of per-example arrays (leading
+    axis = batch) that can be written to disk; ``sr`` is the sample rate of the waveform the
+    batch comes from (the roll counts its shift in samples of it);
+  * ``apply(x, params) -> x``: deterministic given ``params``.
 
 The split exists for knowledge distillation: teacher logits are precomputed offline under
 sampled augmentation parameters (see ``asc_jax.distill``), and the student is later fed exactly
-the same augmented input by replaying those parameters. Augmentations are registered in
-``AUGMENTATIONS`` by name; ``AugmentConfig`` has one optional field per registered name, and
-``augment_batch`` runs the enabled ones whose stage ("wave" or "mel") matches its input.
+the same augmented input by replaying those parameters.
+
+``AugmentConfig`` is the table of augmentations by name: one optional field per augmentation
+(field name = name in stores and ``--set augment.<name>...``; None disables it), in application
+order. Adding an augmentation is one class here and one field there; ``augment_batch``,
+``apply_augment``, ``example_sampler`` and the dict round trip read the table generically.
 
 Order follows the CPJKU DCASE pipeline: roll the waveform, compute the log-mel, mask a frequency
-band (torchaudio ``FrequencyMasking`` inside the mel frontend), then Freq-MixStyle.
+band (torchaudio ``FrequencyMasking`` inside the mel frontend), then Freq-MixStyle. The roll
+runs on the host in the grain pipeline (``asc_jax.data.pipeline``), overlapping the device's
+step, with the same ``RollConfig``: its bound, its draw and its op are defined once, here.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import typing
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asc_jax.registry import Registry
-
 Params = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """One registered augmentation.
-
-    Attributes:
-      stage: "wave" for (B, n_samples) waveforms, "mel" for (B, n_mels, n_frames) log-mels.
-      sample: ``(key, batch_size, cfg) -> params`` with per-example leading axis.
-      apply: ``(x, params, cfg) -> x``, deterministic.
-      per_example: False when the parameters couple examples of one batch (MixStyle's partner
-        index); such parameters cannot be stored per clip in a teacher-logit store.
-    """
-
-    stage: str
-    sample: Callable[[jax.Array, int, Any], Params]
-    apply: Callable[[Any, Params, Any], Any]
-    per_example: bool
-
-
-AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
 
 
 # ----------------------------------------------------------------------------------------------
 # Waveform roll
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class RollConfig:
-    max_shift_s: float = 0.125  # largest |shift| in seconds (CPJKU: roll=4000 samples at 32 kHz)
-    sr: int = 32000  # sample rate of the waveform the shift is counted in
-
-    @property
-    def max_shift(self) -> int:
-        return int(round(self.max_shift_s * self.sr))
-
-
-def sample_roll(key: jax.Array, batch_size: int, cfg: RollConfig) -> Params:
-    """Integer shift per example, uniform in [-max_shift, max_shift] (both ends included, like
-    CPJKU's ``np.random.random_integers(-shift, shift)``)."""
-    shift = jax.random.randint(key, (batch_size,), -cfg.max_shift, cfg.max_shift + 1, jnp.int32)
-    return {"shift": shift}
-
-
 def roll_waveform(wave, shift):
     """Circularly shift waveforms along the last axis: ``out[..., t] = wave[..., t - shift]``
     (the ``np.roll`` / ``torch.roll`` convention).
@@ -93,47 +64,36 @@ def roll_waveform(wave, shift):
     return xp.take_along_axis(wave, idx, axis=-1)
 
 
-def apply_roll(wave, params: Params, cfg: RollConfig | None = None):
-    del cfg  # the shift is fully described by params
-    return roll_waveform(wave, params["shift"])
+@dataclasses.dataclass(frozen=True)
+class RollConfig:
+    """Circular time shift, uniform in [-max_shift, max_shift] samples (both ends included, like
+    CPJKU's ``np.random.random_integers(-shift, shift)``)."""
 
+    stage: ClassVar[str] = "wave"
+    per_clip: ClassVar[bool] = True
+    max_shift_s: float = 0.125  # largest |shift| in seconds (CPJKU: roll=4000 samples at 32 kHz)
 
-AUGMENTATIONS.register("roll")(Augmentation("wave", sample_roll, apply_roll, per_example=True))
+    def max_shift(self, sr: int) -> int:
+        """The bound in samples of a waveform at ``sr`` Hz."""
+        return int(round(self.max_shift_s * sr))
+
+    def sample(self, key: jax.Array, batch_size: int, sr: int) -> Params:
+        bound = self.max_shift(sr)
+        return {"shift": jax.random.randint(key, (batch_size,), -bound, bound + 1, jnp.int32)}
+
+    def sample_host(self, rng: np.random.Generator, sr: int) -> int:
+        """One clip's shift on the host (the grain pipeline's per-element generator): the
+        distribution of ``sample``."""
+        bound = self.max_shift(sr)
+        return int(rng.integers(-bound, bound + 1))
+
+    def apply(self, wave, params: Params):
+        return roll_waveform(wave, params["shift"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Frequency masking (SpecAugment, torchaudio FrequencyMasking(iid_masks=True))
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class FreqMaskConfig:
-    mask_param: int = 48  # torchaudio mask_param: width = floor(U[0, mask_param)) bins
-    n_mels: int = 256  # mel resolution the parameters are sampled for (recorded in params)
-    mask_value: float = 0.0  # value written into the band (torchaudio default 0, on the log-mel)
-
-
-def sample_freq_mask(key: jax.Array, batch_size: int, cfg: FreqMaskConfig) -> Params:
-    """One band per example, drawn exactly like torchaudio's ``mask_along_axis_iid``:
-
-        value = U[0, 1) * mask_param;  min_value = U[0, 1) * (n_mels - value)
-        start = floor(min_value);      width = floor(value)    (so width is 0 .. mask_param-1)
-
-    Returns:
-      {"start", "width", "n_mels"}: int32 (B,). ``n_mels`` records the resolution the band is
-      expressed in, so replaying on another mel resolution converts it (see
-      ``freq_mask_edges``) instead of silently misplacing it.
-    """
-    if not 0 <= cfg.mask_param <= cfg.n_mels:
-        raise ValueError(f"freq mask_param={cfg.mask_param} must lie in [0, n_mels={cfg.n_mels}]")
-    k_value, k_start = jax.random.split(key)
-    value = jax.random.uniform(k_value, (batch_size,)) * cfg.mask_param
-    min_value = jax.random.uniform(k_start, (batch_size,)) * (cfg.n_mels - value)
-    return {
-        "start": jnp.floor(min_value).astype(jnp.int32),
-        "width": jnp.floor(value).astype(jnp.int32),
-        "n_mels": jnp.full((batch_size,), cfg.n_mels, jnp.int32),
-    }
-
-
 def freq_mask_edges(params: Params, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
     """Fractional band edges ``[lo, hi)`` of stored masks in units of an ``n_mels``-bin frontend.
 
@@ -164,15 +124,43 @@ def freq_mask_bins(params: Params, n_mels: int) -> jax.Array:
     return (centre2 >= 2 * start * n_mels) & (centre2 < 2 * end * n_mels)
 
 
-def apply_freq_mask(mel: jax.Array, params: Params, cfg: FreqMaskConfig) -> jax.Array:
-    """Write ``cfg.mask_value`` into each example's band of a (B, n_mels, n_frames) log-mel."""
-    mask = freq_mask_bins(params, mel.shape[-2])
-    return jnp.where(mask[:, :, None], jnp.asarray(cfg.mask_value, mel.dtype), mel)
+@dataclasses.dataclass(frozen=True)
+class FreqMaskConfig:
+    """One frequency band per example set to ``mask_value``."""
 
+    stage: ClassVar[str] = "mel"
+    per_clip: ClassVar[bool] = True
+    mask_param: int = 48  # torchaudio mask_param: width = floor(U[0, mask_param)) bins
+    # Mel resolution the bands are drawn in (recorded in the params, so a frontend of another
+    # resolution converts them, `freq_mask_edges`, instead of misplacing them).
+    n_mels: int = 256
+    mask_value: float = 0.0  # value written into the band (torchaudio default 0, on the log-mel)
 
-AUGMENTATIONS.register("freq_mask")(
-    Augmentation("mel", sample_freq_mask, apply_freq_mask, per_example=True)
-)
+    def sample(self, key: jax.Array, batch_size: int, sr: int | None = None) -> Params:
+        """One band per example, drawn exactly like torchaudio's ``mask_along_axis_iid``:
+
+            value = U[0, 1) * mask_param;  min_value = U[0, 1) * (n_mels - value)
+            start = floor(min_value);      width = floor(value)    (so width is 0 .. mask_param-1)
+
+        Returns:
+          {"start", "width", "n_mels"}: int32 (B,).
+        """
+        del sr  # bands are in mel bins
+        if not 0 <= self.mask_param <= self.n_mels:
+            raise ValueError(f"freq mask_param={self.mask_param} must lie in [0, n_mels={self.n_mels}]")
+        k_value, k_start = jax.random.split(key)
+        value = jax.random.uniform(k_value, (batch_size,)) * self.mask_param
+        min_value = jax.random.uniform(k_start, (batch_size,)) * (self.n_mels - value)
+        return {
+            "start": jnp.floor(min_value).astype(jnp.int32),
+            "width": jnp.floor(value).astype(jnp.int32),
+            "n_mels": jnp.full((batch_size,), self.n_mels, jnp.int32),
+        }
+
+    def apply(self, mel: jax.Array, params: Params) -> jax.Array:
+        """Write ``mask_value`` into each example's band of a (B, n_mels, n_frames) log-mel."""
+        mask = freq_mask_bins(params, mel.shape[-2])
+        return jnp.where(mask[:, :, None], jnp.asarray(self.mask_value, mel.dtype), mel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,6 +168,10 @@ AUGMENTATIONS.register("freq_mask")(
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class MixStyleConfig:
+    """Freq-MixStyle: per-frequency statistics mixed with a partner example's."""
+
+    stage: ClassVar[str] = "mel"
+    per_clip: ClassVar[bool] = False  # the partner index couples the batch
     alpha: float = 0.3  # Beta(alpha, alpha) for the mixing weight lambda
     p: float = 0.7  # probability of applying MixStyle
     eps: float = 1e-6  # added to the variance before the square root (reference value)
@@ -187,48 +179,42 @@ class MixStyleConfig:
     # independent coin per example instead. Both are stored as a per-example flag.
     per_example: bool = False
 
+    def sample(self, key: jax.Array, batch_size: int, sr: int | None = None) -> Params:
+        """Returns {"apply": bool (B,), "lmda": float32 (B,), "perm": int32 (B,) partner index}."""
+        del sr
+        k_apply, k_lmda, k_perm = jax.random.split(key, 3)
+        coin_shape = (batch_size,) if self.per_example else ()
+        apply = jnp.broadcast_to(jax.random.uniform(k_apply, coin_shape) < self.p, (batch_size,))
+        lmda = jax.random.beta(k_lmda, self.alpha, self.alpha, (batch_size,), jnp.float32)
+        perm = jax.random.permutation(k_perm, batch_size).astype(jnp.int32)
+        return {"apply": apply, "lmda": lmda, "perm": perm}
 
-def sample_mixstyle(key: jax.Array, batch_size: int, cfg: MixStyleConfig) -> Params:
-    """Returns {"apply": bool (B,), "lmda": float32 (B,), "perm": int32 (B,) partner index}."""
-    k_apply, k_lmda, k_perm = jax.random.split(key, 3)
-    coin_shape = (batch_size,) if cfg.per_example else ()
-    apply = jnp.broadcast_to(jax.random.uniform(k_apply, coin_shape) < cfg.p, (batch_size,))
-    lmda = jax.random.beta(k_lmda, cfg.alpha, cfg.alpha, (batch_size,), jnp.float32)
-    perm = jax.random.permutation(k_perm, batch_size).astype(jnp.int32)
-    return {"apply": apply, "lmda": lmda, "perm": perm}
+    def apply(self, mel: jax.Array, params: Params) -> jax.Array:
+        """Freq-MixStyle on a (B, n_mels, n_frames) log-mel.
 
+        Transcribes ``mixstyle`` from the CPJKU DCASE code (cpjku_dcase23 ``helpers/utils.py``,
+        CPJKU/dcase2024_task1_baseline ``helpers/utils.py``; there the input is (B, 1, F, T) and
+        the statistics are taken over dims [1, 3], i.e. per example and frequency bin over time):
 
-def apply_mixstyle(mel: jax.Array, params: Params, cfg: MixStyleConfig) -> jax.Array:
-    """Freq-MixStyle on a (B, n_mels, n_frames) log-mel.
+            f_mu = x.mean(dim=[1, 3]); f_sig = sqrt(x.var(dim=[1, 3]) + eps)   # torch var: ddof=1
+            f_mu, f_sig = detach(...)
+            x_normed = (x - f_mu) / f_sig
+            lmda ~ Beta(alpha, alpha) per example; perm = randperm(B)
+            mu_mix = f_mu * lmda + f_mu[perm] * (1 - lmda)   (same for sig)
+            x = x_normed * sig_mix + mu_mix
 
-    Transcribes ``mixstyle`` from the CPJKU DCASE code (cpjku_dcase23 ``helpers/utils.py``,
-    CPJKU/dcase2024_task1_baseline ``helpers/utils.py``; there the input is (B, 1, F, T) and the
-    statistics are taken over dims [1, 3], i.e. per example and frequency bin over time):
-
-        f_mu = x.mean(dim=[1, 3]); f_sig = sqrt(x.var(dim=[1, 3]) + eps)   # torch var: ddof=1
-        f_mu, f_sig = detach(...)
-        x_normed = (x - f_mu) / f_sig
-        lmda ~ Beta(alpha, alpha) per example; perm = randperm(B)
-        mu_mix = f_mu * lmda + f_mu[perm] * (1 - lmda)   (same for sig)
-        x = x_normed * sig_mix + mu_mix
-
-    Here the coin flip, ``lmda`` and ``perm`` come from ``params``; examples whose ``apply`` flag
-    is False are returned unchanged (bit-exact).
-    """
-    mu = jnp.mean(mel, axis=-1, keepdims=True)
-    sig = jnp.sqrt(jnp.var(mel, axis=-1, ddof=1, keepdims=True) + cfg.eps)
-    mu, sig = jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sig)
-    x_normed = (mel - mu) / sig
-    lmda = params["lmda"].astype(mel.dtype)[:, None, None]
-    perm = params["perm"]
-    mu_mix = mu * lmda + mu[perm] * (1 - lmda)
-    sig_mix = sig * lmda + sig[perm] * (1 - lmda)
-    return jnp.where(params["apply"][:, None, None], x_normed * sig_mix + mu_mix, mel)
-
-
-AUGMENTATIONS.register("mixstyle")(
-    Augmentation("mel", sample_mixstyle, apply_mixstyle, per_example=False)
-)
+        Here the coin flip, ``lmda`` and ``perm`` come from ``params``; examples whose ``apply``
+        flag is False are returned unchanged (bit-exact).
+        """
+        mu = jnp.mean(mel, axis=-1, keepdims=True)
+        sig = jnp.sqrt(jnp.var(mel, axis=-1, ddof=1, keepdims=True) + self.eps)
+        mu, sig = jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sig)
+        x_normed = (mel - mu) / sig
+        lmda = params["lmda"].astype(mel.dtype)[:, None, None]
+        perm = params["perm"]
+        mu_mix = mu * lmda + mu[perm] * (1 - lmda)
+        sig_mix = sig * lmda + sig[perm] * (1 - lmda)
+        return jnp.where(params["apply"][:, None, None], x_normed * sig_mix + mu_mix, mel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,9 +222,9 @@ AUGMENTATIONS.register("mixstyle")(
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """One field per registered augmentation (field name = registry name); None disables it.
+    """The augmentations by name, one optional field each (None disables it).
 
-    Field order is application order within a stage.
+    Field order is application order within a stage; the field index keys the PRNG.
     """
 
     roll: RollConfig | None = RollConfig()  # waveform roll
@@ -246,21 +232,26 @@ class AugmentConfig:
     mixstyle: MixStyleConfig | None = MixStyleConfig()  # Freq-MixStyle (couples the batch)
 
 
-_SUB_CONFIGS = {"roll": RollConfig, "freq_mask": FreqMaskConfig, "mixstyle": MixStyleConfig}
+def augmentation_types() -> dict[str, type]:
+    """{name: augmentation class} in application order, read from ``AugmentConfig``'s fields."""
+    hints = typing.get_type_hints(AugmentConfig)
+    return {f.name: next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
+            for f in dataclasses.fields(AugmentConfig)}
 
 
-def _enabled(cfg: AugmentConfig) -> list[tuple[int, str, Augmentation, Any]]:
-    """(field index, name, augmentation, sub-config) of every enabled augmentation, in order.
+def per_clip(name: str) -> bool:
+    """Whether augmentation ``name``'s parameters can be stored per clip (not MixStyle's)."""
+    return augmentation_types()[name].per_clip
+
+
+def enabled(cfg: AugmentConfig) -> list[tuple[int, str, Any]]:
+    """(field index, name, augmentation) of every enabled augmentation, in order.
 
     The field index (not the position among enabled ones) keys the PRNG, so disabling one
     augmentation does not change what the others sample.
     """
-    out = []
-    for i, field in enumerate(dataclasses.fields(cfg)):
-        sub = getattr(cfg, field.name)
-        if sub is not None:
-            out.append((i, field.name, AUGMENTATIONS.get(field.name), sub))
-    return out
+    return [(i, f.name, getattr(cfg, f.name)) for i, f in enumerate(dataclasses.fields(cfg))
+            if getattr(cfg, f.name) is not None]
 
 
 def _stage_of(x) -> str:
@@ -275,19 +266,21 @@ def _stage_of(x) -> str:
 
 
 def augment_batch(
-    key: jax.Array, x: jax.Array, cfg: AugmentConfig, params: Params | None = None
+    key: jax.Array, x: jax.Array, cfg: AugmentConfig, params: Params | None = None, *,
+    sr: int | None = None,
 ) -> tuple[jax.Array, Params]:
     """Augment a batch on device, sampling whatever ``params`` does not provide.
 
     The stage is read from the rank: (B, n_samples) runs the "wave" augmentations, (B, n_mels,
-    n_frames) the "mel" ones. Jit with ``cfg`` static.
+    n_frames) the "mel" ones. Jit with ``cfg`` (and ``sr``) static.
 
     Args:
       key: PRNG key; augmentation ``i`` of the config uses ``fold_in(key, i)``.
       x: waveform or log-mel batch.
       cfg: which augmentations run and their settings.
-      params: optional {name: params} to replay (e.g. from a teacher-logit store, or the shift
-        the host pipeline already applied); names missing here are sampled.
+      params: optional {name: params} to replay (e.g. from a teacher-logit store); names missing
+        here are sampled.
+      sr: sample rate of the waveform; needed to sample a roll.
 
     Returns:
       (augmented batch, {name: params used}) for the augmentations of this stage.
@@ -295,11 +288,13 @@ def augment_batch(
     stage = _stage_of(x)
     params = params or {}
     used = {}
-    for i, name, aug, sub in _enabled(cfg):
-        if aug.stage != stage:
+    for i, name, op in enabled(cfg):
+        if op.stage != stage:
             continue
-        p = params[name] if name in params else aug.sample(jax.random.fold_in(key, i), x.shape[0], sub)
-        x = aug.apply(x, p, sub)
+        if name not in params and op.stage == "wave" and sr is None:
+            raise ValueError(f"sampling {name!r} needs the waveform's sample rate (sr)")
+        p = params[name] if name in params else op.sample(jax.random.fold_in(key, i), x.shape[0], sr)
+        x = op.apply(x, p)
         used[name] = p
     return x, used
 
@@ -308,27 +303,28 @@ def apply_augment(x: jax.Array, params: Params, cfg: AugmentConfig) -> jax.Array
     """Replay stored parameters: apply every enabled augmentation of ``x``'s stage, each of which
     must have its parameters in ``params`` (a missing one is an error, never sampled)."""
     stage = _stage_of(x)
-    for _, name, aug, sub in _enabled(cfg):
-        if aug.stage != stage:
+    for _, name, op in enabled(cfg):
+        if op.stage != stage:
             continue
         if name not in params:
             raise KeyError(f"no stored parameters for augmentation {name!r}; have {sorted(params)}")
-        x = aug.apply(x, params[name], sub)
+        x = op.apply(x, params[name])
     return x
 
 
-def example_sampler(cfg: AugmentConfig) -> Callable[[jax.Array], Params]:
+def example_sampler(cfg: AugmentConfig, sr: int) -> Callable[[jax.Array], Params]:
     """Per-clip sampler for a teacher-logit store: ``keys (B,) -> {name: params (B, ...)}``.
 
     Each example's parameters depend only on its own key, so a store can derive the key from
-    (seed, clip index, view) and be reproducible whatever the batching. Covers both stages.
+    (seed, clip index, view) and be reproducible whatever the batching. Covers both stages;
+    ``sr`` is the sample rate of the stored clips.
 
     Raises:
       ValueError: if ``cfg`` enables an augmentation whose parameters couple the batch
         (MixStyle): disable it in the store's config and let student training apply it fresh.
     """
-    ops = _enabled(cfg)
-    coupled = [name for _, name, aug, _ in ops if not aug.per_example]
+    ops = enabled(cfg)
+    coupled = [name for _, name, op in ops if not op.per_clip]
     if coupled:
         raise ValueError(
             f"augmentations {coupled} couple the examples of a batch and cannot be stored per "
@@ -337,8 +333,8 @@ def example_sampler(cfg: AugmentConfig) -> Callable[[jax.Array], Params]:
 
     def one(key):
         return {
-            name: jax.tree.map(lambda a: a[0], aug.sample(jax.random.fold_in(key, i), 1, sub))
-            for i, name, aug, sub in ops
+            name: jax.tree.map(lambda a: a[0], op.sample(jax.random.fold_in(key, i), 1, sr))
+            for i, name, op in ops
         }
 
     return jax.jit(jax.vmap(one))
@@ -351,9 +347,9 @@ def config_to_dict(cfg: AugmentConfig) -> dict:
 
 
 def config_from_dict(d: dict) -> AugmentConfig:
-    unknown = set(d) - set(_SUB_CONFIGS)
+    types = augmentation_types()
+    unknown = set(d) - set(types)
     if unknown:
-        raise ValueError(f"unknown augmentations {sorted(unknown)}; known: {sorted(_SUB_CONFIGS)}")
-    return AugmentConfig(**{
-        name: (None if d.get(name) is None else _SUB_CONFIGS[name](**d[name])) for name in _SUB_CONFIGS
-    })
+        raise ValueError(f"unknown augmentations {sorted(unknown)}; known: {sorted(types)}")
+    return AugmentConfig(**{name: None if d.get(name) is None else cls(**d[name])
+                            for name, cls in types.items()})

@@ -203,7 +203,7 @@ def load_split(root, split, *, verify="exists", expected_sr=TAU_SAMPLE_RATE, on_
       on_error: 'raise' fails on the first bad clip; 'skip' leaves every bad clip out (a
         problem of its metadata row, a file missing, and with verify='audio' a bad header) and
         returns them. This checks no more than `verify` asks: to skip clips whose audio cannot
-        be decoded, use `pipeline.load_split_source`, which checks every clip's audio up front.
+        be decoded, use `asc_jax.data.sources.load_split_source`, which checks every clip's audio up front.
       report: under on_error='skip', log one warning with the count and the first names of
         the skipped clips (False: the caller reports them, e.g. merged with its own).
 

@@ -22,17 +22,11 @@ from asc_jax.audio import augment
 from asc_jax.distill.store import StoreError, TeacherStore, read_store, teacher_columns
 
 
-def _per_clip(name: str) -> bool:
-    """Whether augmentation ``name`` is stored per clip (MixStyle couples a batch: never). The one
-    place that asks the augmentation registry."""
-    return augment.AUGMENTATIONS.get(name).per_example
-
-
 def store_augment(cfg: augment.AugmentConfig) -> augment.AugmentConfig:
     """The part of a training config's augmentation that a store samples and replays: ``cfg``
     with the augmentations that couple a batch (Freq-MixStyle) disabled."""
     return dataclasses.replace(cfg, **{f.name: None for f in dataclasses.fields(cfg)
-                                       if not _per_clip(f.name)})
+                                       if not augment.per_clip(f.name)})
 
 
 def _describe_setting(sub: Any) -> str:
@@ -43,8 +37,9 @@ def augment_mismatch(stored: Mapping[str, Any], student: augment.AugmentConfig) 
     """How a store's augmentation differs from a student's, one line per difference.
 
     Every augmentation a store replays is compared field by field: the roll (its stored shift
-    replaces the host's fresh roll, so its bound and rate must be the student's) and the
-    frequency mask (bound, resolution and mask value). Augmentations that couple a batch
+    replaces the host's fresh roll, so its bound must be the student's; the sample rate it is
+    counted in is checked by ``check_augment``) and the frequency mask (bound, resolution and
+    mask value). Augmentations that couple a batch
     (Freq-MixStyle) are never stored and are left out of the comparison.
 
     Args:
@@ -58,7 +53,7 @@ def augment_mismatch(stored: Mapping[str, Any], student: augment.AugmentConfig) 
     store_cfg = augment.config_from_dict(dict(stored))
     out = []
     for field in dataclasses.fields(student):
-        if not _per_clip(field.name):
+        if not augment.per_clip(field.name):
             continue
         have, want = getattr(store_cfg, field.name), getattr(student, field.name)
         if have == want:
@@ -73,21 +68,46 @@ def augment_mismatch(stored: Mapping[str, Any], student: augment.AugmentConfig) 
     return out
 
 
-def check_augment(store: TeacherStore, student: augment.AugmentConfig) -> None:
-    """Raise unless the student's augmentation is the one ``store`` was computed under.
+def _recorded_augment(store: TeacherStore) -> tuple[dict, Any]:
+    """The store's ``meta["augment"]`` and the sample rate of its clips (None if unrecorded).
 
-    Raises:
-      StoreError: naming every differing augmentation with the store's and the student's
-        setting (see ``augment_mismatch``), or a store whose parameter arrays disagree with
-        its own header.
+    The rate is ``meta["data"]["sample_rate"]``; stores written while ``RollConfig`` still had an
+    ``sr`` field kept the roll's rate there instead, which is taken out here.
     """
     recorded = store.meta.get("augment")
+    if not isinstance(recorded, dict):
+        raise StoreError(f"teacher store {store.path}: unreadable meta['augment'] {recorded!r}: not a dict")
+    data = store.meta.get("data")
+    rate = data.get("sample_rate") if isinstance(data, dict) else None
+    roll = recorded.get("roll")
+    if isinstance(roll, dict) and "sr" in roll:
+        roll = dict(roll)
+        rate = roll.pop("sr") if rate is None else rate
+        recorded = {**recorded, "roll": roll}
+    return recorded, rate
+
+
+def check_augment(store: TeacherStore, student: augment.AugmentConfig, sample_rate: int) -> None:
+    """Raise unless the student's augmentation is the one ``store`` was computed under.
+
+    Args:
+      store: the teacher-logit store.
+      student: the student's ``config.augment``.
+      sample_rate: the rate of the student's waveforms (``config.mel.sample_rate``): stored roll
+        shifts are counted in samples, so the store's clips must have had this rate.
+    Raises:
+      StoreError: naming every differing augmentation with the store's and the student's
+        setting (see ``augment_mismatch``), a roll counted at another (or an unrecorded)
+        sample rate, or a store whose parameter arrays disagree with its own header.
+    """
+    recorded, rate = _recorded_augment(store)
     try:
-        if not isinstance(recorded, dict):
-            raise TypeError("not a dict")
         differences = augment_mismatch(recorded, student)
     except (TypeError, ValueError) as e:
         raise StoreError(f"teacher store {store.path}: unreadable meta['augment'] {recorded!r}: {e}") from None
+    if "roll" in store.aug and rate != sample_rate:
+        differences.append(f"roll shifts counted at {rate} Hz (meta['data']['sample_rate']), "
+                           f"the student's waveforms are at {sample_rate} Hz")
     if differences:
         raise StoreError(
             f"teacher store {store.path} was computed under other augmentations than the "
@@ -117,17 +137,17 @@ class StoreExtras:
     Building the hook checks the store against the student: every clip and the class order
     (``TeacherStore.check_dataset``), and the augmentation (``check_augment``:
     ``augment`` is the student's ``config.augment``, which must equal the store's apart from
-    Freq-MixStyle).
+    Freq-MixStyle; ``sample_rate`` its waveforms' rate, which stored roll shifts are counted in).
 
     The store is opened lazily in each process (memory maps do not pickle into grain workers).
     """
 
     def __init__(self, store: str | os.PathLike | TeacherStore, filenames: Sequence[str],
                  class_names: Sequence[str], teachers: str | Sequence[str] | None = None, *,
-                 augment: augment.AugmentConfig):
+                 augment: augment.AugmentConfig, sample_rate: int):
         opened = store if isinstance(store, TeacherStore) else read_store(store)
         opened.check_dataset(filenames, class_names)
-        check_augment(opened, augment)
+        check_augment(opened, augment, sample_rate)
         self.path = opened.path
         self._rows = opened.rows(list(filenames))
         self._n_views = opened.n_views

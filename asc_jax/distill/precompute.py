@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from asc_jax import inference
 from asc_jax.audio import augment
 from asc_jax.config import Config
-from asc_jax.data import pipeline, tau
+from asc_jax.data import sources, tau
 from asc_jax.distill.extras import store_augment
 from asc_jax.distill.store import StoreError, TeacherStore, read_store, require_finite, write_store
 from asc_jax.distill.teachers import Teacher, load_teacher, make_apply, teacher_name
@@ -110,19 +110,17 @@ def precompute(
     if len(set(rates.values())) != 1:
         raise ValueError(f"teachers expect different sample rates: {rates}")
     sr = loaded[0].frontend.sample_rate
-    if aug_cfg.roll is not None and aug_cfg.roll.sr != sr:
-        raise ValueError(f"roll shifts are counted at {aug_cfg.roll.sr} Hz, the teachers run at {sr} Hz")
 
-    data_root = pipeline.dataset_root(config.data.root, generate=config.data.generate,
+    data_root = sources.dataset_root(config.data.root, generate=config.data.generate,
                                       synthetic_params=config.data.synthetic)
-    opened = pipeline.load_split_source(data_root, split, sr=sr, cache=False, on_error=config.data.on_error)
+    opened = sources.load_split_source(data_root, split, sr=sr, cache=False, on_error=config.data.on_error)
     filenames = [c.filename for c in opened.source.clips]
     if not filenames:
         raise ValueError(f"precompute got no clips (split {split} under {data_root})")
     fns = {t.name: make_apply(t, aug_cfg) for t in loaded}
     names, n_classes = list(fns), len(tau.CLASSES)
     clips = np.arange(len(filenames))
-    sample = augment.example_sampler(aug_cfg)
+    sample = augment.example_sampler(aug_cfg, sr)  # roll shifts in samples at the clips' rate
     views = [jax.tree.map(np.asarray, sample(view_keys(seed, clips, v))) for v in range(n_views)]
     aug_params = jax.tree.map(lambda *a: np.stack(a, axis=1), *views)  # leaves (N, V, ...)
     # "real" is False on predict's padding rows, so that only the clips' own logits are checked.

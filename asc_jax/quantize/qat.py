@@ -17,7 +17,7 @@ from flax import nnx
 
 from asc_jax.audio.features import MelConfig
 from asc_jax.config import OptimConfig
-from asc_jax.data import pipeline
+from asc_jax.data import pipeline, sources
 from asc_jax.quantize.config import QATConfig, QuantConfig
 from asc_jax.quantize.convert import prepare_qat
 from asc_jax.train import steps
@@ -26,7 +26,7 @@ from asc_jax.train.state import create_train_state
 log = logging.getLogger(__name__)
 
 
-def finetune_qat(model: nnx.Module, ranges: Mapping[str, Any] | None, source: pipeline.ClipSource,
+def finetune_qat(model: nnx.Module, ranges: Mapping[str, Any] | None, source: sources.ClipSource,
                  mel: MelConfig, cfg: QuantConfig = QuantConfig(), qat: QATConfig = QATConfig(), *,
                  seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
     """Finetunes `prepare_qat(model, ranges, cfg)` on `source` with the production train step.
@@ -58,9 +58,8 @@ def finetune_qat(model: nnx.Module, ranges: Mapping[str, Any] | None, source: pi
         raise ValueError(f"{len(source)} training clips cannot fill a QAT batch of {qat.batch_size}")
     tx = OptimConfig(lr=qat.lr, epochs=qat.epochs, warmup_epochs=0, batch_size=qat.batch_size).build(steps_per_epoch)
     graphdef, state = create_train_state(prepare_qat(model, ranges, cfg), tx)
-    roll = qat.augment.roll
     batches = iter(pipeline.train_dataset(source, batch_size=qat.batch_size, seed=seed, sr=source.sr,
-                                          max_roll_ms=0.0 if roll is None else roll.max_shift_s * 1000.0))
+                                          roll=qat.augment.roll))
     train_step = steps.make_train_step(graphdef, tx, mel, dataclasses.replace(qat.augment, roll=None),
                                        steps.classification_loss, jax.random.key(seed))
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}

@@ -24,7 +24,7 @@ from asc_jax import complexity, evaluate, inference, parallel
 from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
 from asc_jax.config import Config, config_diff, to_dict
-from asc_jax.data import pipeline, tau
+from asc_jax.data import pipeline, sources, tau
 from asc_jax.models import with_default_lowering
 from asc_jax.reparam import fuse
 from asc_jax.train import steps
@@ -41,24 +41,24 @@ class Data:
     root: Path
     train_clips: list[tau.Clip]
     eval_clips: list[tau.Clip]
-    train_source: pipeline.ClipSource
-    eval_source: pipeline.ClipSource
+    train_source: sources.ClipSource
+    eval_source: sources.ClipSource
 
 
 def prepare_data(config: Config) -> Data:
     """Resolves the dataset (generating the embedded one if asked) and opens both splits, every
-    clip checked up front (`pipeline.load_split_source`: under data.on_error="skip" every bad
+    clip checked up front (`sources.load_split_source`: under data.on_error="skip" every bad
     clip is left out and reported once per split, as a count plus the first names)."""
-    root = pipeline.dataset_root(config.data.root, generate=config.data.generate,
+    root = sources.dataset_root(config.data.root, generate=config.data.generate,
                                  synthetic_params=config.data.synthetic)
     train, evaluation = (
-        pipeline.load_split_source(root, split, sr=config.mel.sample_rate, cache=config.data.cache_audio,
+        sources.load_split_source(root, split, sr=config.mel.sample_rate, cache=config.data.cache_audio,
                                    on_error=config.data.on_error)
         for split in (config.data.train_split, config.data.eval_split))
     return Data(root, train.clips, evaluation.clips, train.source, evaluation.source)
 
 
-def predict(eval_fn, state, source: pipeline.ClipSource, mesh=None) -> np.ndarray:
+def predict(eval_fn, state, source: sources.ClipSource, mesh=None) -> np.ndarray:
     """Logits (N, C) for every clip of `source`, in order (`inference.predict`).
 
     Args:
@@ -109,7 +109,8 @@ def _teacher_extras(config: Config, data: Data):
     # Refuses a store computed under other augmentations than config.augment (Freq-MixStyle
     # aside): the student must see exactly what the teachers saw.
     return StoreExtras(config.kd.store, [c.filename for c in data.train_clips], tau.CLASSES,
-                       teachers=config.kd.teachers, augment=config.augment)
+                       teachers=config.kd.teachers, augment=config.augment,
+                       sample_rate=config.mel.sample_rate)
 
 
 def _loss_fn(config: Config):
@@ -164,11 +165,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     total_steps = config.optim.epochs * steps_per_epoch
     stop_at = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
 
-    roll = config.augment.roll
     dataset = pipeline.train_dataset(
         data.train_source, batch_size=parallel.per_process_batch_size(batch_size, mesh),
         seed=config.seed, sr=config.mel.sample_rate, shard=(jax.process_index(), jax.process_count()),
-        max_roll_ms=0.0 if roll is None else roll.max_shift_s * 1000.0,
+        roll=config.augment.roll,
         worker_count=config.data.worker_count, extra=_teacher_extras(config, data))
     iterator = iter(dataset)
 
