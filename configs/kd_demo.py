@@ -24,27 +24,16 @@ metrics.jsonl to rise over training.
 Variants: teachers=none|cnn|all, kd=cpjku|paper (asc_jax.distill.KD_PRESETS), store=PATH (default
 stores/demo_split{split}), and those of configs/demo.py: split=N, epochs=N, model=..., seed=N.
 """
-import dataclasses
 from pathlib import Path
 
-from asc_jax.config import Config, load_config, parse_variant
-from asc_jax.distill import kd_preset
+from asc_jax.config import Config
+from asc_jax.distill import kd_student_config
 
 # Passed on to configs/demo.py, which checks them and holds their defaults.
 _BASE_VARIANTS = {"split": None, "epochs": None, "model": None, "seed": None}
-_HERE = Path(__file__).parent
 
 
 def get_config(arg: str | None = None) -> Config:
-    variant = parse_variant(arg, {**_BASE_VARIANTS, "teachers": "all", "kd": "cpjku", "store": None},
-                            config="kd_demo.py")
-    teachers = variant["teachers"]
-    if teachers not in ("none", "cnn", "all"):
-        raise ValueError(f"teachers must be none, cnn or all; got {teachers!r}")
-    kd = kd_preset(variant["kd"])
-    base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if variant[k] is not None)
-    config = load_config(f"{_HERE / 'demo.py'}:{base_arg}")
-    if teachers == "none":
-        return config
-    store = str(variant["store"] or f"stores/demo_split{config.data.train_split}")
-    return dataclasses.replace(config, kd=dataclasses.replace(kd, store=store, teachers=teachers))
+    return kd_student_config(arg, base=Path(__file__).with_name("demo.py"), base_variants=_BASE_VARIANTS,
+                             teacher_sets=("none", "cnn", "all"), store_prefix="stores/demo_split",
+                             config="kd_demo.py")

@@ -40,11 +40,10 @@ asc_jax.distill.KD_PRESETS (asc_jax/distill/loss.py explains them):
 Other variants (passed to configs/rep_mobile_tau.py): width=N, branches=..., model=..., seed=N,
 epochs=N; store=PATH overrides the store directory.
 """
-import dataclasses
 from pathlib import Path
 
-from asc_jax.config import Config, load_config, parse_variant
-from asc_jax.distill import kd_preset
+from asc_jax.config import Config
+from asc_jax.distill import kd_student_config
 
 TEACHER_SETS = ("none", "cnn", "transformer", "all")
 # Passed on to configs/rep_mobile_tau.py, which checks them and holds their defaults.
@@ -52,15 +51,6 @@ _BASE_VARIANTS = {"split": None, "width": None, "branches": None, "model": None,
 
 
 def get_config(arg: str | None = None) -> Config:
-    variant = parse_variant(arg, {**_BASE_VARIANTS, "teachers": "all", "kd": "cpjku", "store": None},
-                            config="kd_tau.py")
-    teachers = variant["teachers"]
-    if teachers not in TEACHER_SETS:
-        raise ValueError(f"teachers must be one of {TEACHER_SETS}; got {teachers!r}")
-    kd = kd_preset(variant["kd"])
-    base_arg = ",".join(f"{k}={variant[k]}" for k in _BASE_VARIANTS if variant[k] is not None)
-    config = load_config(f"{Path(__file__).with_name('rep_mobile_tau.py')}:{base_arg}")
-    if teachers == "none":
-        return config
-    store = str(variant["store"] or f"stores/split{config.data.train_split}")
-    return dataclasses.replace(config, kd=dataclasses.replace(kd, store=store, teachers=teachers))
+    return kd_student_config(arg, base=Path(__file__).with_name("rep_mobile_tau.py"),
+                             base_variants=_BASE_VARIANTS, teacher_sets=TEACHER_SETS,
+                             store_prefix="stores/split", config="kd_tau.py")

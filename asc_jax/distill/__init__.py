@@ -29,7 +29,7 @@ Data flow: saved teachers + the student's config -> ``precompute`` -> store dire
 """
 from asc_jax.distill.ensembles import CNN_ARCHS, ENSEMBLES, TRANSFORMER_ARCHS, teacher_arch
 from asc_jax.distill.extras import StoreExtras, augment_mismatch, check_augment, store_augment
-from asc_jax.distill.loss import KD_PRESETS, cpjku_lam, kd_loss, kd_preset, make_kd_loss
+from asc_jax.distill.loss import KD_PRESETS, cpjku_lam, kd_loss, kd_preset, kd_student_config, make_kd_loss
 from asc_jax.distill.precompute import precompute, view_keys
 from asc_jax.distill.store import (STORE_FORMAT, STORE_VERSION, StoreError, TeacherStore, read_store,
                                    resolve_teachers, teacher_columns, write_store)
@@ -39,7 +39,7 @@ from asc_jax.distill.teachers import (STORE_AUGMENT, Teacher, TeacherFn, default
 __all__ = [
     "CNN_ARCHS", "ENSEMBLES", "TRANSFORMER_ARCHS", "teacher_arch",
     "StoreExtras", "augment_mismatch", "check_augment", "store_augment",
-    "KD_PRESETS", "cpjku_lam", "kd_loss", "kd_preset", "make_kd_loss",
+    "KD_PRESETS", "cpjku_lam", "kd_loss", "kd_preset", "kd_student_config", "make_kd_loss",
     "precompute", "view_keys",
     "STORE_FORMAT", "STORE_VERSION", "StoreError", "TeacherStore", "read_store", "resolve_teachers",
     "teacher_columns", "write_store",

@@ -12,13 +12,15 @@ Presets (``kd_preset(name)``, the ``kd=`` variant of ``configs/kd_tau.py`` and
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from asc_jax.config import KDConfig
+from asc_jax.config import Config, KDConfig, load_config, parse_variant
 from asc_jax.data.tau import CLASSES
 
 Batch = dict[str, Any]
@@ -128,3 +130,34 @@ def kd_preset(name: str) -> KDConfig:
     if name not in KD_PRESETS:
         raise ValueError(f"kd must be one of {sorted(KD_PRESETS)}; got {name!r}")
     return KD_PRESETS[name]
+
+
+def kd_student_config(arg: str | None, *, base: str | Path, base_variants: Mapping[str, Any],
+                      teacher_sets: Sequence[str], store_prefix: str, config: str) -> Config:
+    """A KD student's config: the base config file's run plus a KD section, from a variant string.
+
+    The student config files (configs/kd_demo.py, configs/kd_tau.py) are this one recipe over
+    different base configs. Variants: teachers (one of ``teacher_sets``; "none" returns the base
+    run unchanged), kd (a ``KD_PRESETS`` name), store (default ``{store_prefix}{split}``), and
+    ``base_variants``, passed on to ``base`` (which checks them and holds their defaults).
+
+    Args:
+      arg: the text after the colon of ``--config configs/x.py:...``.
+      base: the base config file.
+      base_variants: its variant keys, each defaulting to None (= the base file's default).
+      teacher_sets: the accepted ``teachers`` values.
+      store_prefix: default store directory, before the training split.
+      config: the student config file's name, for errors.
+    """
+    variant = parse_variant(arg, {**base_variants, "teachers": "all", "kd": "cpjku", "store": None},
+                            config=config)
+    teachers = variant["teachers"]
+    if teachers not in teacher_sets:
+        raise ValueError(f"teachers must be one of {tuple(teacher_sets)}; got {teachers!r}")
+    kd = kd_preset(variant["kd"])
+    base_arg = ",".join(f"{k}={variant[k]}" for k in base_variants if variant[k] is not None)
+    student = load_config(f"{base}:{base_arg}")
+    if teachers == "none":
+        return student
+    store = str(variant["store"] or f"{store_prefix}{student.data.train_split}")
+    return dataclasses.replace(student, kd=dataclasses.replace(kd, store=store, teachers=teachers))
