@@ -26,6 +26,7 @@ from flax import nnx
 
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
+from asc_jax.audio.frontends import logmel
 from asc_jax.models import build_model, layers
 from asc_jax.train import steps
 from asc_jax.train.state import create_train_state
@@ -60,7 +61,7 @@ def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed:
         tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 0.01, 10, 1000))
         graphdef, state = create_train_state(model, tx)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        step = steps.make_train_step(graphdef, tx, mel, aug, steps.classification_loss,
+        step = steps.make_train_step(graphdef, tx, logmel(mel), aug, steps.classification_loss,
                                      jax.random.key(seed))
         t1 = time.perf_counter()
         lowered = step.lower(state, batches[0])

@@ -17,6 +17,7 @@ from flax import nnx
 from asc_jax import complexity
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig
+from asc_jax.audio.frontends import logmel
 # Importing the model modules registers them.
 from asc_jax.models import bc_resnet, cp_resnet, ecapa_tdnn, mobilenet, resnet34, tf_sepnet  # noqa: F401
 from asc_jax.models.registry import build_model
@@ -179,7 +180,7 @@ def _production_step(model, audio, labels):
         loss, metrics = steps.classification_loss(logits, batch)
         return loss, {**metrics, "logits": logits}
 
-    step = steps.make_train_step(graphdef, tx, MEL, NO_AUG, loss_fn, jax.random.key(0))
+    step = steps.make_train_step(graphdef, tx, logmel(MEL), NO_AUG, loss_fn, jax.random.key(0))
     batch = {"audio": audio, "label": labels}
     # These graphs run once, so compile at XLA's lowest backend optimisation level (as _compile).
     compiled = step.lower(state, batch).compile(compiler_options={"xla_backend_optimization_level": 0})

@@ -98,6 +98,7 @@ def _tiny_training():
 
     from asc_jax.audio import augment
     from asc_jax.audio.features import MelConfig
+    from asc_jax.audio.frontends import logmel
     from asc_jax.models import build_model
     from asc_jax.train import steps
     from asc_jax.train.state import create_train_state
@@ -110,7 +111,7 @@ def _tiny_training():
                         strides=(("b2", (2, 2)),))
     tx = optax.adam(1e-2)
     graphdef, state = create_train_state(model, tx)
-    step = steps.make_train_step(graphdef, tx, mel, aug, steps.classification_loss, jax.random.key(1))
+    step = steps.make_train_step(graphdef, tx, logmel(mel), aug, steps.classification_loss, jax.random.key(1))
     rng = np.random.default_rng(0)
     batches = [{"audio": rng.normal(size=(GLOBAL_BATCH, 3200)).astype(np.float32),
                 "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)} for _ in range(N_STEPS)]

@@ -16,6 +16,7 @@ from flax import nnx
 from asc_jax import complexity, prune
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig
+from asc_jax.audio.frontends import logmel
 from asc_jax.models import build_model
 from asc_jax.models.bc_resnet import BCResNetConfig
 from asc_jax.models.rep_mobile import RepMobile, RepMobileConfig
@@ -253,7 +254,7 @@ def _train_steps(model, n_steps, seed=0):
     audio whose log-mel has X_SHAPE's (64 mels, 32 frames): train mode, so BN statistics move."""
     tx = optax.adam(1e-2)
     graphdef, state = create_train_state(model, tx)
-    step = steps.make_train_step(graphdef, tx, MEL, NO_AUG, steps.classification_loss, jax.random.key(seed))
+    step = steps.make_train_step(graphdef, tx, logmel(MEL), NO_AUG, steps.classification_loss, jax.random.key(seed))
     key = jax.random.key(seed)
     losses = []
     for i in range(n_steps):

@@ -18,6 +18,7 @@ from asc_jax import complexity
 from asc_jax import quantize as Q
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import load_model, save_model
 from asc_jax.data import tau
 from asc_jax.models import build_model
@@ -308,7 +309,7 @@ def test_qat_forward_equals_int8_and_finetuning_moves_kernels_only(setup):
     tx = optax.sgd(1e-4)
     graphdef, state = create_train_state(qat, tx)
     no_aug = AugmentConfig(roll=None, freq_mask=None, mixstyle=None)
-    step = steps.make_train_step(graphdef, tx, MEL, no_aug, steps.classification_loss, jax.random.key(0))
+    step = steps.make_train_step(graphdef, tx, logmel(MEL), no_aug, steps.classification_loss, jax.random.key(0))
     batch = {"audio": scene_audio(8, 7), "label": np.arange(8, dtype=np.int32) % 10}
     losses = []
     for _ in range(3):

@@ -88,7 +88,7 @@ def test_one_step_updates_running_statistics_by_the_momentum_formula():
     tx = optax.sgd(0.1)
     graphdef, state = create_train_state(model, tx)
     batch = _batch()
-    step = steps.make_train_step(graphdef, tx, MEL, NO_AUG, steps.classification_loss, jax.random.key(0))
+    step = steps.make_train_step(graphdef, tx, logmel(MEL), NO_AUG, steps.classification_loss, jax.random.key(0))
     before = _host(state)  # the step donates its input state
 
     new_state, metrics = step(state, batch)

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from asc_jax.audio.features import MelConfig
+from asc_jax.audio.frontends import logmel
 from asc_jax.config import OptimConfig
 from asc_jax.data import pipeline, sources
 from asc_jax.quantize.config import QATConfig, QuantConfig
@@ -60,7 +61,7 @@ def finetune_qat(model: nnx.Module, ranges: Mapping[str, Any] | None, source: so
     graphdef, state = create_train_state(prepare_qat(model, ranges, cfg), tx)
     batches = iter(pipeline.train_dataset(source, batch_size=qat.batch_size, seed=seed, sr=source.sr,
                                           roll=qat.augment.roll))
-    train_step = steps.make_train_step(graphdef, tx, mel, dataclasses.replace(qat.augment, roll=None),
+    train_step = steps.make_train_step(graphdef, tx, logmel(mel), dataclasses.replace(qat.augment, roll=None),
                                        steps.classification_loss, jax.random.key(seed))
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     for epoch in range(qat.epochs):

@@ -179,7 +179,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     tx = config.optim.build(steps_per_epoch)
     graphdef, state = create_train_state(model, tx)
     mel_aug = dataclasses.replace(config.augment, roll=None)  # the roll ran on the host
-    train_step = steps.make_train_step(graphdef, tx, config.mel, mel_aug, _loss_fn(config), key_aug,
+    train_step = steps.make_train_step(graphdef, tx, logmel(config.mel), mel_aug, _loss_fn(config), key_aug,
                                        schedule=config.optim.schedule(steps_per_epoch))
     # Frontend + model, compiled once for all evaluations (the state is an argument).
     eval_fn = jax.jit(inference.forward(graphdef, logmel(config.mel).features))

@@ -1,4 +1,4 @@
-"""The jitted train step: log-mel + augmentation on device, then the model.
+"""The jitted train step: the model's frontend + augmentation on device, then the model.
 
 The step is a pure function of (TrainState, batch); its PRNG key is `fold_in(key, step)` so a
 resumed run draws exactly the augmentations the uninterrupted run would have drawn. Evaluation
@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from asc_jax.audio import augment
-from asc_jax.audio.features import MelConfig, log_mel
+from asc_jax.audio.frontends import Frontend
 from asc_jax.train.state import TrainState
 
 Batch = dict[str, Any]
@@ -33,7 +33,7 @@ def _mel_replay(batch: Batch) -> dict:
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
-    mel_cfg: MelConfig,
+    frontend: Frontend,
     aug_cfg: augment.AugmentConfig,
     loss_fn: Callable[[jax.Array, Batch], tuple[jax.Array, dict]],
     key: jax.Array,
@@ -44,7 +44,7 @@ def make_train_step(
     Args:
       graphdef: static part of the model (from `create_train_state`).
       tx: the optimiser.
-      mel_cfg: frontend settings.
+      frontend: the model's frontend (`asc_jax.audio.frontends`): waveform -> features.
       aug_cfg: augmentations; the waveform roll already happened on the host, so only the
         log-mel stage (frequency mask, Freq-MixStyle) runs here.
       loss_fn: (logits, batch) -> (loss, metrics).
@@ -54,7 +54,7 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(key, state.step)
-        mel = log_mel(batch["audio"], mel_cfg)
+        mel = frontend.features(batch["audio"])
         mel, _ = augment.augment_batch(step_key, mel, aug_cfg, params=_mel_replay(batch))
 
         def objective(params, batch_stats):
