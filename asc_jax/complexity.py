@@ -48,7 +48,7 @@ def _direct_params(module: nnx.Module) -> dict[str, int]:
 
 @contextlib.contextmanager
 def _recording_outputs(model: nnx.Module) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
-    """Patches `__call__` of every module class that owns parameters to log (id, output shape).
+    """Patches `__call__` of every module class that owns MAC weights to log (id, output shape).
 
     NNX has no method interceptor (linen's `intercept_methods`), so the classes are patched for
     the duration of one abstract trace and restored afterwards, also on error. A call is logged
@@ -58,7 +58,9 @@ def _recording_outputs(model: nnx.Module) -> Iterator[list[tuple[int, tuple[int,
     """
     calls: list[tuple[int, tuple[int, ...]]] = []
     running: set[int] = set()  # ids of the layers whose patched __call__ is on the stack
-    classes = {type(m) for _, m in nnx.iter_modules(model) if _direct_params(m)}
+    # Only layers with multiply-accumulate weights: a model's own parameters (PaSST's tokens and
+    # positional embeddings) cost no MACs, and its __call__ returns (logits, aux), not an array.
+    classes = {type(m) for _, m in nnx.iter_modules(model) if set(_direct_params(m)) & set(_MAC_PARAM_NAMES)}
     originals = {cls: cls.__call__ for cls in classes}
 
     def wrap(original):

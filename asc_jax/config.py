@@ -20,6 +20,8 @@ from flax import nnx
 from asc_jax import typed
 from asc_jax.audio.augment import AugmentConfig
 from asc_jax.audio.features import MelConfig
+from asc_jax.audio.frontends import CONFIG_SECTIONS
+from asc_jax.audio.passt_frontend import PaSSTFrontendConfig
 from asc_jax.parallel import ParallelConfig
 from asc_jax.prune import PruneConfig
 
@@ -89,7 +91,12 @@ class KDConfig:
 class Config:
     seed: int = 0  # Seeds parameters, data order and augmentation (split into named keys).
     data: DataConfig = DataConfig()
+    # The model's frontend (asc_jax.audio.frontends): "logmel", the students' log-mel with the
+    # settings of `mel`, or "passt", PaSST's own log-mel with those of `passt_frontend`. Saved in
+    # model.json, so predict / export / teacher precompute use the same one.
+    frontend: str = "logmel"
     mel: MelConfig = MelConfig()
+    passt_frontend: PaSSTFrontendConfig = PaSSTFrontendConfig()
     augment: AugmentConfig = AugmentConfig()  # Roll (host, grain), freq-mask + Freq-MixStyle (device).
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -101,6 +108,10 @@ class Config:
     max_steps: int = 0  # Stop after this many steps if > 0 (smoke tests, interruption tests).
     # Progressive pruning: train the wide model, then prune + finetune in phases (train.progressive).
     prune: PruneConfig | None = None
+
+    def __post_init__(self):
+        if self.frontend not in CONFIG_SECTIONS:
+            raise ValueError(f"unknown frontend {self.frontend!r}; known: {sorted(CONFIG_SECTIONS)}")
 
 
 def parse_variant(arg: str | None, defaults: Mapping[str, Any], *, config: str = "config") -> dict[str, Any]:

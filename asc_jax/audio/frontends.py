@@ -1,9 +1,12 @@
-"""Frontends: the waveform -> features function a model was trained on, named in its model.json.
+"""Frontends: the waveform -> features function a model is trained on, named in its model.json.
 
-Models trained here see the log-mel of `asc_jax.audio.features` described by the "mel" entry of
-their model.json (the "logmel" frontend); PaSST teachers see PaSST's own log-mel (128 Kaldi mel
-bins, normalised; the "passt" frontend). `frontend_of(spec)` picks the one a saved model needs,
-so that no caller passes a frontend by hand (`asc_jax.inference.load`).
+Two are registered: "logmel", the students' log-mel of `asc_jax.audio.features` (settings: a
+`MelConfig`), and "passt", PaSST's own log-mel (128 Kaldi mel bins, normalised; settings: a
+`PaSSTFrontendConfig`). A training config chooses one (`Config.frontend`, its settings in the
+section `CONFIG_SECTIONS` names; `of_config`); training writes it to model.json as
+{"frontend": {"name", "options"}}, and `frontend_of(spec)` rebuilds it from there, so that every
+saved model predicts with its own frontend and no caller passes one by hand
+(`asc_jax.inference.load`).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig, log_mel
 from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
 from asc_jax.registry import Registry
@@ -98,3 +102,33 @@ def frontend_of(spec: Mapping[str, Any], directory: str | Path) -> Frontend:
         return FRONTENDS.get(name)(options)
     except TypeError as e:
         raise ValueError(f"{directory}/model.json: bad options for frontend {name!r}: {e}") from None
+
+
+# The Config section (`asc_jax.config.Config` field) holding each frontend's settings.
+CONFIG_SECTIONS: Mapping[str, str] = {"logmel": "mel", "passt": "passt_frontend"}
+
+
+def of_config(config: Any) -> Frontend:
+    """The frontend a training config chooses: ``config.frontend`` with its section's settings.
+
+    Raises:
+      ValueError: naming the known frontends, for an unknown ``config.frontend``.
+    """
+    if config.frontend not in CONFIG_SECTIONS:
+        raise ValueError(f"unknown frontend {config.frontend!r}; known: {sorted(CONFIG_SECTIONS)}")
+    section = getattr(config, CONFIG_SECTIONS[config.frontend])
+    return FRONTENDS.get(config.frontend)(dataclasses.asdict(section))
+
+
+def feature_augment(aug_cfg: augment.AugmentConfig, frontend: Frontend) -> augment.AugmentConfig:
+    """``aug_cfg`` with its frequency-mask value moved into ``frontend``'s feature units.
+
+    ``FreqMaskConfig.mask_value`` is in natural log-mel units (0 = log-mel 0, torchaudio's
+    default); a frontend that normalises its log-mel (PaSST: (x + 4.5) / 5) must write the same
+    value in its own units, so a band masked for the student and replayed for a teacher (or a
+    PaSST trained here) hides the same thing.
+    """
+    if aug_cfg.freq_mask is None:
+        return aug_cfg
+    value = float(frontend.from_log_mel(aug_cfg.freq_mask.mask_value))
+    return dataclasses.replace(aug_cfg, freq_mask=dataclasses.replace(aug_cfg.freq_mask, mask_value=value))

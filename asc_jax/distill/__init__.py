@@ -33,7 +33,7 @@ from asc_jax.distill.loss import KD_PRESETS, cpjku_lam, kd_loss, kd_preset, kd_s
 from asc_jax.distill.precompute import precompute, view_keys
 from asc_jax.distill.store import (STORE_FORMAT, STORE_VERSION, StoreError, TeacherStore, read_store,
                                    resolve_teachers, teacher_columns, write_store)
-from asc_jax.distill.teachers import (STORE_AUGMENT, Teacher, TeacherFn, default_tag, feature_augment,
+from asc_jax.distill.teachers import (STORE_AUGMENT, Teacher, TeacherFn, default_tag,
                                       load_teacher, make_apply, resolve_model_dir, teacher_name)
 
 __all__ = [
@@ -43,6 +43,6 @@ __all__ = [
     "precompute", "view_keys",
     "STORE_FORMAT", "STORE_VERSION", "StoreError", "TeacherStore", "read_store", "resolve_teachers",
     "teacher_columns", "write_store",
-    "STORE_AUGMENT", "Teacher", "TeacherFn", "default_tag", "feature_augment", "load_teacher",
+    "STORE_AUGMENT", "Teacher", "TeacherFn", "default_tag", "load_teacher",
     "make_apply", "resolve_model_dir", "teacher_name",
 ]

@@ -29,7 +29,7 @@ from flax import nnx
 
 from asc_jax import inference
 from asc_jax.audio import augment
-from asc_jax.audio.frontends import Frontend
+from asc_jax.audio.frontends import Frontend, feature_augment
 from asc_jax.checkpoint import read_spec
 from asc_jax.data import tau
 from asc_jax.distill.extras import store_augment
@@ -126,14 +126,6 @@ def load_teacher(path: str | Path, *, tag: str | None = None,
 # ----------------------------------------------------------------------------------------------
 # Replaying stored augmentations
 # ----------------------------------------------------------------------------------------------
-def feature_augment(aug_cfg: augment.AugmentConfig, frontend: Frontend) -> augment.AugmentConfig:
-    """``aug_cfg`` with its mask value moved into ``frontend``'s feature units."""
-    if aug_cfg.freq_mask is None:
-        return aug_cfg
-    value = float(frontend.from_log_mel(aug_cfg.freq_mask.mask_value))
-    return dataclasses.replace(aug_cfg, freq_mask=dataclasses.replace(aug_cfg.freq_mask, mask_value=value))
-
-
 def make_apply(teacher: Teacher, aug_cfg: augment.AugmentConfig = STORE_AUGMENT) -> TeacherFn:
     """The teacher's jitted ``apply(wave (B, n_samples), aug_params) -> logits (B, C)``.
 

@@ -167,6 +167,9 @@ def _deploy_form(config: Config) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _deploy_error(name: str, options_json: str) -> str | None:
     from asc_jax.config import ModelConfig
+    from asc_jax.models import has_deploy_form
+    if not has_deploy_form(name):
+        return None  # deploys as trained (PaSST)
     model = ModelConfig(name=name, options=json.loads(options_json))
     try:  # abstract build: no parameters are materialised
         nnx.eval_shape(lambda: model.build(nnx.Rngs(0), deploy=True))
@@ -177,14 +180,12 @@ def _deploy_error(name: str, options_json: str) -> str | None:
 
 @REQUIREMENTS.register("passt_frontend")
 def _passt_frontend(config: Config) -> str | None:
-    # The loop computes one log-mel frontend (config.mel) for every model; PaSST was trained on
-    # its own (asc_jax.audio.passt_frontend: 128 Kaldi mels, hop 320, preemphasis, (x + 4.5) / 5).
-    # Training it on the student features would not be the paper's teacher.
-    if "frontend" not in {f.name for f in dataclasses.fields(config)}:
-        return ("PaSST needs its own frontend (asc_jax.audio.passt_frontend), which "
-                "train_and_evaluate does not support yet (no Config.frontend); its teacher logits "
-                "come from converted weights (convert_weights.py) via "
-                "`python -m asc_jax.distill precompute`")
+    # PaSST was trained on its own log-mel (asc_jax.audio.passt_frontend: 128 Kaldi mels, hop
+    # 320, preemphasis, (x + 4.5) / 5); trained on the student features it would not be the
+    # paper's teacher, and AudioSet weights would not fit.
+    if config.frontend != "passt":
+        return (f"PaSST is trained on its own frontend: the row's config must set "
+                f"frontend='passt' (it has {config.frontend!r})")
     return None
 
 

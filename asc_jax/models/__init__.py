@@ -9,4 +9,4 @@ from asc_jax.models import (  # noqa: F401  (register on import)
     resnet34,
     tf_sepnet,
 )
-from asc_jax.models.registry import MODELS, build_model, with_default_lowering  # noqa: F401
+from asc_jax.models.registry import MODELS, build_model, has_deploy_form, with_default_lowering  # noqa: F401

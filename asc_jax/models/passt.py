@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 DEFAULT_VARIANT = "passt_s_swa_p16_128_ap476"
 
@@ -207,7 +207,7 @@ def passt_config(variant: str = DEFAULT_VARIANT, **overrides) -> PaSSTConfig:
     return dataclasses.replace(VARIANTS[variant], **typed.checked(PaSSTConfig, overrides, "passt option"))
 
 
-@MODELS.register("passt")
+@register("passt", deploy_form=False)
 def passt(*, rngs: nnx.Rngs, variant: str = DEFAULT_VARIANT, deploy: bool = False,
           **overrides) -> PaSST:
     """PaSST-S (85.7M params at the defaults); `variant` picks a released checkpoint's layout.

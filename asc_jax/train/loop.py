@@ -21,11 +21,11 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from asc_jax import complexity, evaluate, inference, parallel
-from asc_jax.audio.frontends import logmel
+from asc_jax.audio import frontends
 from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
 from asc_jax.config import Config, config_diff, to_dict
 from asc_jax.data import pipeline, sources, tau
-from asc_jax.models import with_default_lowering
+from asc_jax.models import has_deploy_form, with_default_lowering
 from asc_jax.reparam import fuse
 from asc_jax.train import steps
 from asc_jax.train.logging import MetricWriter, format_metrics
@@ -51,8 +51,9 @@ def prepare_data(config: Config) -> Data:
     clip is left out and reported once per split, as a count plus the first names)."""
     root = sources.dataset_root(config.data.root, generate=config.data.generate,
                                  synthetic_params=config.data.synthetic)
+    sr = frontends.of_config(config).sample_rate
     train, evaluation = (
-        sources.load_split_source(root, split, sr=config.mel.sample_rate, cache=config.data.cache_audio,
+        sources.load_split_source(root, split, sr=sr, cache=config.data.cache_audio,
                                    on_error=config.data.on_error)
         for split in (config.data.train_split, config.data.eval_split))
     return Data(root, train.clips, evaluation.clips, train.source, evaluation.source)
@@ -110,7 +111,7 @@ def _teacher_extras(config: Config, data: Data):
     # aside): the student must see exactly what the teachers saw.
     return StoreExtras(config.kd.store, [c.filename for c in data.train_clips], tau.CLASSES,
                        teachers=config.kd.teachers, augment=config.augment,
-                       sample_rate=config.mel.sample_rate)
+                       sample_rate=frontends.of_config(config).sample_rate)
 
 
 def _loss_fn(config: Config):
@@ -156,6 +157,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     config = dataclasses.replace(config, model=dataclasses.replace(
         config.model, options=with_default_lowering(config.model.name, config.model.options)))
     key_params, key_aug = jax.random.split(jax.random.key(config.seed))
+    frontend = frontends.of_config(config)
 
     data = prepare_data(config)
     batch_size = config.optim.batch_size
@@ -167,22 +169,25 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
 
     dataset = pipeline.train_dataset(
         data.train_source, batch_size=parallel.per_process_batch_size(batch_size, mesh),
-        seed=config.seed, sr=config.mel.sample_rate, shard=(jax.process_index(), jax.process_count()),
+        seed=config.seed, sr=frontend.sample_rate, shard=(jax.process_index(), jax.process_count()),
         roll=config.augment.roll,
         worker_count=config.data.worker_count, extra=_teacher_extras(config, data))
     iterator = iter(dataset)
 
-    model = config.model.build(nnx.Rngs(params=key_params))
+    # The default stream seeds the models' own randomness in training (PaSST's patchout); its
+    # counters live in the model state, so they are checkpointed and resume exactly.
+    model = config.model.build(nnx.Rngs(params=key_params, default=jax.random.fold_in(key_params, 1)))
     if config.model.init_from:
         restore_weights(config.model.init_from, model)
     record_config(workdir, recorded)
     tx = config.optim.build(steps_per_epoch)
     graphdef, state = create_train_state(model, tx)
-    mel_aug = dataclasses.replace(config.augment, roll=None)  # the roll ran on the host
-    train_step = steps.make_train_step(graphdef, tx, logmel(config.mel), mel_aug, _loss_fn(config), key_aug,
+    # The roll ran on the host; the mask value is moved into the frontend's units.
+    feature_aug = frontends.feature_augment(dataclasses.replace(config.augment, roll=None), frontend)
+    train_step = steps.make_train_step(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
                                        schedule=config.optim.schedule(steps_per_epoch))
     # Frontend + model, compiled once for all evaluations (the state is an argument).
-    eval_fn = jax.jit(inference.forward(graphdef, logmel(config.mel).features))
+    eval_fn = jax.jit(inference.forward(graphdef, frontend.features))
 
     with TrainCheckpoints(workdir / "checkpoints", keep_best=config.keep_best) as ckpts:
         if ckpts.latest_step() is not None:
@@ -231,7 +236,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
 def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: TrainState, data: Data,
              eval_fn) -> dict[str, Any]:
     """Evaluates the final model, fuses it into the deploy model, checks they agree, saves both
-    reports, both models (`model/` training form, `deploy/` fused) and the complexity report."""
+    reports, both models (`model/` training form, `deploy/` fused) and the complexity report.
+    A model without a fused form (PaSST) deploys as trained: its model/ is the only one saved,
+    and the "deploy" reports are its own."""
     out = workdir / "eval"
     primary = parallel.is_primary()  # every process computes; process 0 alone writes
     # Host copies on every process (a collective in a multi-host run): what follows (evaluation,
@@ -245,19 +252,24 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
         print(evaluate.summary_table(metrics))
 
     model = nnx.merge(graphdef, state.params, state.batch_stats)
-    deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
-    deploy_graph, deploy_state = nnx.split(deploy)
-    deploy_eval = jax.jit(inference.forward(deploy_graph, logmel(config.mel).features))
-    deploy_logits = predict(deploy_eval, deploy_state, data.eval_source)
-    deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
+    frontend = frontends.of_config(config)
+    fused = has_deploy_form(config.model.name)
+    if fused:
+        deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
+        deploy_graph, deploy_state = nnx.split(deploy)
+        deploy_eval = jax.jit(inference.forward(deploy_graph, frontend.features))
+        deploy_logits = predict(deploy_eval, deploy_state, data.eval_source)
+        deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
+        max_diff = float(np.abs(deploy_logits - logits).max())
+        if max_diff > 1e-3 * max(1.0, float(np.abs(logits).max())):
+            raise RuntimeError(f"fused deploy model disagrees with the trained model (max |logit diff| {max_diff})")
+    else:  # no fused form (PaSST): the model deploys as trained, saved once, to model/
+        deploy, deploy_metrics, max_diff = model, metrics, 0.0
     if primary:
         evaluate.save_report(deploy_metrics, out, prefix="deploy")
-    max_diff = float(np.abs(deploy_logits - logits).max())
-    if max_diff > 1e-3 * max(1.0, float(np.abs(logits).max())):
-        raise RuntimeError(f"fused deploy model disagrees with the trained model (max |logit diff| {max_diff})")
 
-    n_frames = config.mel.n_frames(config.mel.sample_rate)
-    input_shape = (1, config.mel.n_mels, n_frames)
+    wave = jax.ShapeDtypeStruct((1, data.eval_source.num_samples), np.float32)
+    input_shape = jax.eval_shape(frontend.features, wave).shape  # (1, n_mels, n_frames)
     # DCASE reports the BN form (torchinfo on the PyTorch model); the fused form has biases instead.
     deploy_complexity = complexity.report(deploy, input_shape)
     reports = {"train_form": complexity.report(model, input_shape).as_dict(),
@@ -270,10 +282,11 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
 
         # The training form too: pruning rounds and finetuning start from it.
         save_model(workdir / "model", model, name=config.model.name, options=config.model.options,
-                   mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES))
-        save_model(workdir / "deploy", deploy, name=config.model.name, options=config.model.options,
-                   deploy=True, mel=dataclasses.asdict(config.mel), class_names=list(tau.CLASSES),
-                   eval={k: deploy_metrics[k] for k in ("accuracy", "macro_accuracy")})
+                   frontend=frontend.describe(), class_names=list(tau.CLASSES))
+        if fused:
+            save_model(workdir / "deploy", deploy, name=config.model.name, options=config.model.options,
+                       deploy=True, frontend=frontend.describe(), class_names=list(tau.CLASSES),
+                       eval={k: deploy_metrics[k] for k in ("accuracy", "macro_accuracy")})
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     # The others wait for process 0's files: a process that returned (and shut jax.distributed
     # down) long before process 0 finished writing would fail the shutdown barrier's deadline.
