@@ -1,22 +1,28 @@
 """Export of deploy models (float or int8) to StableHLO (`jax.export`) and ONNX (`jax2onnx`).
 
-StableHLO: waveform in, logits out. The log-mel frontend (`asc_jax.audio.features.log_mel`) and
-the weights (int8 ones stay int8) are constants of one serialized module with a symbolic batch
-dimension; `jax.export.deserialize(bytearray(data)).call(waveforms)` runs it in any JAX process,
-without this package. (The default frontend's mel filterbank and frame indices make up ~3 MB of
-the file; the int8 Rep-Mobile ~0.14 MB.)
+Every model is exported with the frontend its model.json names (`frontends.frontend_of`: the
+students' log-mel "logmel", PaSST's "passt", ...); the export functions take that `Frontend`.
 
-ONNX: by default log-mel in (dynamic batch), logits out; the frontend parameters (MelConfig
-fields, sample rate, clip length) are written to the model's metadata_props, so a runtime can
-compute the features (librosa.feature.melspectrogram(center=True, pad_mode="constant", power=2,
-window="hann") with those fields, then log(mel + log_floor)). With `frontend=True` the STFT is
-in the graph too (jax2onnx lowers the FFT to ONNX DFT) but the batch size is fixed: in
+StableHLO: waveform in, logits out. The frontend and the weights (int8 ones stay int8) are
+constants of one serialized module with a symbolic batch dimension;
+`jax.export.deserialize(bytearray(data)).call(waveforms)` runs it in any JAX process, without
+this package. (The default log-mel's filterbank and frame indices make up ~3 MB of the file; the
+int8 Rep-Mobile ~0.14 MB.)
+
+ONNX: by default features in (dynamic batch), logits out; the frontend (name and options),
+sample rate and clip length are written to the model's metadata_props, so a runtime can compute
+the features. For the "logmel" frontend the options are the MelConfig fields, also written as
+"mel_config": librosa.feature.melspectrogram(center=True, pad_mode="constant", power=2,
+window="hann") with those fields, then log(mel + log_floor). With the frontend included the STFT
+is in the graph too (jax2onnx lowers the FFT to ONNX DFT) but the batch size is fixed: in
 jax2onnx 0.17.1 the lowering of the `lax.pad` that `jnp.fft.rfft` emits cannot take a symbolic
 dimension.
 
 Every export writes a JSON description next to the model (`<file>.json`; the same text is the
-ONNX "asc_jax" metadata entry): input kind and shape, sample rate, MelConfig, class names, the
-model spec and quantization settings. Outputs are logits; softmax gives class probabilities.
+ONNX "asc_jax" metadata entry): input kind and shape, sample rate, the frontend
+(`Frontend.describe()`; "logmel" models also keep their MelConfig under "mel", as in their
+model.json), class names, the model spec and quantization settings. Outputs are logits; softmax
+gives class probabilities.
 
 Two jax2onnx workarounds live in `_jax2onnx_plugins_for_lax`, both because jax2onnx loads all of
 its ~1,500 plugins on its first conversion:
@@ -38,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -54,47 +59,54 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import inference
-from asc_jax.audio.features import MelConfig
-from asc_jax.audio.frontends import logmel
-from asc_jax.checkpoint import load_model
+from asc_jax.audio.frontends import Frontend
 from asc_jax.data import tau
 
 FORMAT_VERSION = 1
 CLIP_SECONDS = 1.0  # DCASE2024 Task 1 clips; the models are trained on exactly this length.
 
 
-def _logits_fn(model: nnx.Module, mel: MelConfig, frontend: bool) -> Callable[[jax.Array], jax.Array]:
+def _logits_fn(model: nnx.Module, frontend: Frontend, include_frontend: bool) -> Callable[[jax.Array], jax.Array]:
     """`inference.model_fn` with the weights closed over, so they become constants of the export;
-    waveform input through `mel`'s log-mel with the frontend, log-mel input without."""
-    return inference.model_fn(model, logmel(mel).features if frontend else None, jit=False)
+    waveform input through `frontend` when it is included, feature input without."""
+    return inference.model_fn(model, frontend.features if include_frontend else None, jit=False)
 
 
-def input_shape(mel: MelConfig, frontend: bool, clip_seconds: float = CLIP_SECONDS) -> tuple[int, ...]:
-    """Shape of one example: (n_samples,) of waveform or (n_mels, n_frames) of log-mel."""
-    n_samples = round(clip_seconds * mel.sample_rate)
-    return (n_samples,) if frontend else (mel.n_mels, mel.n_frames(n_samples))
+def input_shape(frontend: Frontend, include_frontend: bool, clip_seconds: float = CLIP_SECONDS
+                ) -> tuple[int, ...]:
+    """Shape of one example: (n_samples,) of waveform, or the frontend's (n_mels, n_frames)
+    features of such a waveform (traced with `jax.eval_shape`, nothing computed)."""
+    n_samples = round(clip_seconds * frontend.sample_rate)
+    if include_frontend:
+        return (n_samples,)
+    wave = jax.ShapeDtypeStruct((1, n_samples), jnp.float32)
+    return tuple(jax.eval_shape(frontend.features, wave).shape[1:])
 
 
-def metadata(mel: MelConfig, class_names: Sequence[str], *, frontend: bool, batch: int | str,
+def metadata(frontend: Frontend, class_names: Sequence[str], *, include_frontend: bool, batch: int | str,
              clip_seconds: float = CLIP_SECONDS, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON description written next to every export."""
-    shape = [batch, *input_shape(mel, frontend, clip_seconds)]
+    shape = [batch, *input_shape(frontend, include_frontend, clip_seconds)]
     spec = dict(spec or {})
+    # "logmel" exports keep the MelConfig under "mel" too, the key their model.json uses.
+    mel = {"mel": dict(frontend.options)} if frontend.name == "logmel" else {}
     return {
         "format_version": FORMAT_VERSION,
         "input": {
-            "name": "waveform" if frontend else "log_mel",
+            "name": "waveform" if include_frontend else "log_mel",
             "shape": shape,
             "dtype": "float32",
-            "description": (f"mono waveform at {mel.sample_rate} Hz, {clip_seconds} s per example" if frontend
-                            else "log(mel + log_floor), mel power spectrogram (n_mels, n_frames) of a "
-                                 f"{clip_seconds} s clip at {mel.sample_rate} Hz computed with `mel`"),
+            "description": (f"mono waveform at {frontend.sample_rate} Hz, {clip_seconds} s per example"
+                            if include_frontend else
+                            f"features (n_mels, n_frames) of the {frontend.name!r} frontend with the options "
+                            f"under 'frontend', of a {clip_seconds} s clip at {frontend.sample_rate} Hz"),
         },
         "output": {"name": "logits", "shape": [batch, len(class_names)],
                    "description": "softmax -> class probabilities"},
-        "frontend_included": frontend,
+        "frontend_included": include_frontend,
         "clip_seconds": clip_seconds,
-        "mel": dataclasses.asdict(mel),
+        "frontend": frontend.describe(),
+        **mel,
         "class_names": list(class_names),
         "model": spec.get("model"),
         "quantization": (spec.get("quantization") or {}).get("config"),
@@ -109,8 +121,8 @@ def _sidecar(path: Path) -> Path:
 # StableHLO
 # ---------------------------------------------------------------------------------------------
 
-def export_stablehlo(model: nnx.Module, path: str | Path, *, mel: MelConfig,
-                     class_names: Sequence[str] = tau.CLASSES, frontend: bool = True,
+def export_stablehlo(model: nnx.Module, path: str | Path, *, frontend: Frontend,
+                     class_names: Sequence[str] = tau.CLASSES, include_frontend: bool = True,
                      clip_seconds: float = CLIP_SECONDS, platforms: Sequence[str] | None = None,
                      spec: Mapping[str, Any] | None = None) -> Path:
     """Serializes `model` (with the frontend by default) as StableHLO with a symbolic batch.
@@ -118,23 +130,24 @@ def export_stablehlo(model: nnx.Module, path: str | Path, *, mel: MelConfig,
     Args:
       model: deploy model (float or int8).
       path: output file; its description goes to `<path>.json`.
-      mel: frontend settings (recorded in any case; in the graph when frontend=True).
+      frontend: the model's frontend (recorded in any case; in the graph when include_frontend).
       class_names: names of the logits, in order.
-      frontend: waveform input (True) or log-mel input (False).
+      include_frontend: waveform input (True) or feature input (False).
       clip_seconds: example length.
       platforms: lowering targets, e.g. ("cpu", "cuda"); default: the current backend.
       spec: model.json of the saved model (recorded in the description).
     Returns:
       The path written.
     """
-    fn = _logits_fn(model, mel, frontend)
+    fn = _logits_fn(model, frontend, include_frontend)
     batch, = jax.export.symbolic_shape("batch")
-    arg = jax.ShapeDtypeStruct((batch, *input_shape(mel, frontend, clip_seconds)), jnp.float32)
+    arg = jax.ShapeDtypeStruct((batch, *input_shape(frontend, include_frontend, clip_seconds)), jnp.float32)
     exported = jax.export.export(jax.jit(fn), platforms=platforms)(arg)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(exported.serialize())
-    meta = metadata(mel, class_names, frontend=frontend, batch="batch", clip_seconds=clip_seconds, spec=spec)
+    meta = metadata(frontend, class_names, include_frontend=include_frontend, batch="batch",
+                    clip_seconds=clip_seconds, spec=spec)
     _sidecar(path).write_text(json.dumps(meta, indent=2))
     return path
 
@@ -222,8 +235,8 @@ def _jax2onnx_plugins_for_lax() -> Iterator[Any]:
             owner.import_all_plugins = original
 
 
-def export_onnx(model: nnx.Module, path: str | Path, *, mel: MelConfig,
-                class_names: Sequence[str] = tau.CLASSES, frontend: bool = False, batch_size: int = 1,
+def export_onnx(model: nnx.Module, path: str | Path, *, frontend: Frontend,
+                class_names: Sequence[str] = tau.CLASSES, include_frontend: bool = False, batch_size: int = 1,
                 clip_seconds: float = CLIP_SECONDS, spec: Mapping[str, Any] | None = None,
                 opset: int = 23) -> Path:
     """Converts `model` to ONNX with jax2onnx.
@@ -232,10 +245,10 @@ def export_onnx(model: nnx.Module, path: str | Path, *, mel: MelConfig,
       model: deploy model (float or int8: int8 weights stay int8 initializers, dequantized in
         the graph).
       path: output .onnx file; its description goes to `<path>.json` and metadata_props.
-      mel: frontend settings (recorded in any case; in the graph when frontend=True).
+      frontend: the model's frontend (recorded in any case; in the graph when include_frontend).
       class_names: names of the logits, in order.
-      frontend: waveform input with the STFT in the graph (fixed batch of `batch_size`), or
-        log-mel input (dynamic batch; `batch_size` unused).
+      include_frontend: waveform input with the frontend in the graph (fixed batch of
+        `batch_size`), or feature input (dynamic batch; `batch_size` unused).
       clip_seconds: example length.
       spec: model.json of the saved model (recorded in the description).
       opset: ONNX opset.
@@ -245,18 +258,21 @@ def export_onnx(model: nnx.Module, path: str | Path, *, mel: MelConfig,
     _require_onnx_extra()
     import onnx
 
-    if frontend and batch_size < 1:
+    if include_frontend and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch: int | str = batch_size if frontend else "batch"
-    meta = metadata(mel, class_names, frontend=frontend, batch=batch, clip_seconds=clip_seconds, spec=spec)
+    batch: int | str = batch_size if include_frontend else "batch"
+    meta = metadata(frontend, class_names, include_frontend=include_frontend, batch=batch,
+                    clip_seconds=clip_seconds, spec=spec)
     with _jax2onnx_plugins_for_lax() as jax2onnx:
-        proto = jax2onnx.to_onnx(_logits_fn(model, mel, frontend),
-                                 inputs=[(batch, *input_shape(mel, frontend, clip_seconds))],
+        proto = jax2onnx.to_onnx(_logits_fn(model, frontend, include_frontend),
+                                 inputs=[(batch, *input_shape(frontend, include_frontend, clip_seconds))],
                                  model_name="asc_jax", opset=opset,
                                  input_names=[meta["input"]["name"]], output_names=["logits"])
-    entries = {"asc_jax": json.dumps(meta), "mel_config": json.dumps(meta["mel"]),
+    entries = {"asc_jax": json.dumps(meta), "frontend": json.dumps(meta["frontend"]),
                "class_names": json.dumps(meta["class_names"]), "input": meta["input"]["name"],
                "clip_seconds": str(clip_seconds)}
+    if "mel" in meta:
+        entries["mel_config"] = json.dumps(meta["mel"])
     onnx.helper.set_model_props(proto, entries)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -292,19 +308,20 @@ def _require_onnx_extra() -> None:
 
 def export_saved(model_dir: str | Path, out_dir: str | Path, *, formats: Iterable[str] = ("stablehlo",),
                  onnx_frontend: bool = False, onnx_batch_size: int = 1) -> list[Path]:
-    """Exports a saved model dir (float deploy or int8) to `out_dir`/model.{stablehlo,onnx}."""
-    model, spec = load_model(model_dir)
-    mel = MelConfig(**spec["mel"])
+    """Exports a saved model dir (float deploy or int8) to `out_dir`/model.{stablehlo,onnx}, with
+    the frontend its model.json names (`inference.load`)."""
+    saved = inference.load(model_dir)
+    model, spec, frontend = saved.model, saved.spec, saved.frontend
     class_names = spec.get("class_names", list(tau.CLASSES))
     out_dir = Path(out_dir)
     written = []
     for fmt in formats:
         if fmt == "stablehlo":
-            written.append(export_stablehlo(model, out_dir / "model.stablehlo", mel=mel, class_names=class_names,
-                                            spec=spec))
+            written.append(export_stablehlo(model, out_dir / "model.stablehlo", frontend=frontend,
+                                            class_names=class_names, spec=spec))
         elif fmt == "onnx":
-            written.append(export_onnx(model, out_dir / "model.onnx", mel=mel, class_names=class_names,
-                                       frontend=onnx_frontend, batch_size=onnx_batch_size, spec=spec))
+            written.append(export_onnx(model, out_dir / "model.onnx", frontend=frontend, class_names=class_names,
+                                       include_frontend=onnx_frontend, batch_size=onnx_batch_size, spec=spec))
         else:
             raise ValueError(f"unknown export format {fmt!r}; known: stablehlo, onnx")
     return written

@@ -331,6 +331,39 @@ def test_qat_forward_equals_int8_and_finetuning_moves_kernels_only(setup):
         Q.convert_qat(model)
 
 
+def test_finetune_qat_trains_through_the_models_own_frontend(tmp_path, monkeypatch):
+    """QAT takes the saved model's Frontend, whatever it is: here PaSST's (32 kHz, its own
+    normalisation), with the frequency mask value (log-mel units) moved into its feature units."""
+    from asc_jax.audio.frontends import FRONTENDS
+    from asc_jax.data import sources
+    from asc_jax.data.synthetic import ensure_dataset
+
+    frontend = FRONTENDS.get("passt")({"n_mels": 64})
+    root = ensure_dataset(tmp_path / "data", n_train_per_class_device=1, n_test_per_class_device=1,
+                          clips_per_recording=1)
+    train = sources.load_split_source(root, "100", sr=frontend.sample_rate).source
+    model = tiny_deploy(0)
+    ranges = Q.calibrate(model, jax.jit(frontend.features)(scene_audio(16, 3, sr=frontend.sample_rate)))
+    seen = []
+
+    def recording(graphdef, tx, step_frontend, aug_cfg, *args, **kwargs):
+        seen.append((step_frontend, aug_cfg))
+        return make_train_step(graphdef, tx, step_frontend, aug_cfg, *args, **kwargs)
+
+    make_train_step = steps.make_train_step
+    monkeypatch.setattr(steps, "make_train_step", recording)
+    qat = Q.QATConfig(epochs=1, batch_size=16, augment=AugmentConfig(mixstyle=None))
+    tuned, history = Q.finetune_qat(model, ranges, train, frontend, qat=qat)
+    [(step_frontend, aug_cfg)] = seen
+    assert step_frontend is frontend and aug_cfg.roll is None  # the roll ran on the host
+    assert aug_cfg.freq_mask.mask_value == pytest.approx(frontend.from_log_mel(qat.augment.freq_mask.mask_value))
+    assert aug_cfg.freq_mask.mask_value != qat.augment.freq_mask.mask_value
+    assert history["steps"] == len(train) // 16 and np.isfinite(history["loss"]).all()
+    assert all(isinstance(conv, Q.FakeQuantConv) for conv in Q.conv_layers(tuned).values())
+    with pytest.raises(ValueError, match="'passt' frontend expects 32000 Hz"):
+        Q.finetune_qat(model, ranges, sources.load_split_source(root, "100", sr=16_000).source, frontend, qat=qat)
+
+
 # --- persistence and evaluation ------------------------------------------------------------------
 
 def test_save_and_load_int8_model(setup, tmp_path):

@@ -20,8 +20,9 @@ calibrated range and is zero outside, as TensorFlow's FakeQuantWithMinMaxVars). 
 `ActRange` variables, not Params, so the functional train step (`asc_jax.train.steps`) keeps them
 fixed; `calibrate` + `set_ranges` re-estimate them after finetuning. `convert_qat` gives the int8
 model, whose forward pass equals the QAT model's. `finetune_qat` runs the finetuning with the
-production train step (`asc_jax.train.steps.make_train_step`: log-mel, training augmentations,
-cross-entropy) from the PTQ ranges, which it keeps, so the int8 model is the finetuned one.
+production train step (`asc_jax.train.steps.make_train_step`: the model's frontend, training
+augmentations, cross-entropy) from the PTQ ranges, which it keeps, so the int8 model is the
+finetuned one.
 
 Why not qwix (checked with qwix 0.1.8): `qwix.quantize_model(deploy_rep_mobile,
 qwix.PtqProvider([qwix.QuantizationRule(weight_qtype=jnp.int8, act_qtype=jnp.int8)]), x)` quantizes

@@ -21,7 +21,6 @@ import numpy as np
 
 from asc_jax import evaluate, inference
 from asc_jax.audio.augment import AugmentConfig
-from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import Frontend
 from asc_jax.complexity import MemoryReport, memory_report
 from asc_jax.data import sources, tau
@@ -38,14 +37,6 @@ def calibration_mels(data_root: str | Path, split: str, frontend: Frontend, *, n
     pick = np.sort(np.random.default_rng(seed).choice(len(clips), min(n, len(clips)), replace=False))
     source = sources.ClipSource([clips[i] for i in pick], data_root, sr=frontend.sample_rate, cache=False)
     return inference.predict(jax.jit(frontend.features), source, batch_size)
-
-
-def _mel_of(frontend: Frontend, model_dir: str | Path) -> MelConfig:
-    """The MelConfig of a "logmel" frontend: the one the train step computes (QAT needs it)."""
-    if frontend.name != "logmel":
-        raise ValueError(f"{model_dir} uses the {frontend.name!r} frontend; QAT finetuning runs the training "
-                         "step, which computes the 'logmel' frontend only")
-    return MelConfig(**frontend.options)
 
 
 def _headline(result: Mapping[str, Any], form: str) -> dict[str, Any]:
@@ -87,7 +78,6 @@ def evaluate_quantized(model_dir: str | Path, data_root: str | Path, split: str 
     model, spec, frontend = saved.model, saved.spec, saved.frontend
     if not spec["model"].get("deploy"):
         raise ValueError(f"{model_dir} is not a deploy model; quantize the fused <workdir>/deploy model")
-    mel = _mel_of(frontend, model_dir) if qat is not None else None  # fail before any work
     class_names = spec.get("class_names", list(tau.CLASSES))
     mels = calibration_mels(data_root, calib_split, frontend, n=n_calib, seed=seed, batch_size=batch_size)
     ranges = calibrate(model, mels, cfg, batch_size=batch_size) if cfg.act_bits is not None else None
@@ -95,7 +85,7 @@ def evaluate_quantized(model_dir: str | Path, data_root: str | Path, split: str 
     fns = {"float": saved.fn, "int8": inference.model_fn(models["int8"], frontend.features)}
     if qat is not None:
         train = sources.load_split_source(data_root, qat.train_split, sr=frontend.sample_rate)
-        fake_quant, history = finetune_qat(model, ranges, train.source, mel, cfg, qat, seed=seed)
+        fake_quant, history = finetune_qat(model, ranges, train.source, frontend, cfg, qat, seed=seed)
         models["qat"] = convert_qat(fake_quant)
         fns["qat"] = inference.model_fn(models["qat"], frontend.features)
         fns["fake_quant"] = inference.model_fn(fake_quant, frontend.features)
