@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -65,11 +66,42 @@ class OptimConfig:
     b2: float = 0.999  # Adam beta2.
     weight_decay: float = 0.0  # Decoupled weight decay (AdamW) if > 0.
     grad_clip: float = 0.0  # Clip the global gradient norm to this if > 0.
+    # "warmup_cosine": linear warmup over warmup_epochs, cosine decay to 0 (the students').
+    # "exp_warmup_linear_down": CPJKU's per-epoch schedule of their PaSST teachers
+    # (cpjku_dcase23 helpers/lr_schedule.py exp_warmup_linear_down): exp(-5 (1 - e/W)^2) warmup
+    # for W = warmup_epochs, constant to ramp_down_start, linear over ramp_down_epochs down to
+    # last_lr_factor * lr, then constant.
+    lr_schedule: str = "warmup_cosine"
+    ramp_down_start: int = 3
+    ramp_down_epochs: int = 10
+    last_lr_factor: float = 0.01
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("warmup_cosine", "exp_warmup_linear_down"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; known: warmup_cosine, "
+                             "exp_warmup_linear_down")
 
     def schedule(self, steps_per_epoch: int) -> optax.Schedule:
+        if self.lr_schedule == "exp_warmup_linear_down":
+            return self._exp_warmup_linear_down(steps_per_epoch)
         total = max(1, self.epochs * steps_per_epoch)
         warmup = min(self.warmup_epochs * steps_per_epoch, total - 1)
         return optax.warmup_cosine_decay_schedule(0.0, self.lr, warmup, total, end_value=0.0)
+
+    def _exp_warmup_linear_down(self, steps_per_epoch: int) -> optax.Schedule:
+        warmup, start, length, last = (self.warmup_epochs, self.ramp_down_start, self.ramp_down_epochs,
+                                       self.last_lr_factor)
+
+        def schedule(step):
+            # The reference steps a LambdaLR once per epoch: the factor is constant within one.
+            epoch = jnp.floor_divide(step, steps_per_epoch).astype(jnp.float32)
+            phase = 1.0 - jnp.clip(epoch, 0.5, max(warmup, 0.5)) / max(warmup, 1)
+            rampup = jnp.where(epoch < warmup, jnp.exp(-5.0 * phase * phase), 1.0)
+            down = last + (1.0 - last) * (length - epoch + start) / max(length, 1)
+            rampdown = jnp.where(epoch <= start, 1.0, jnp.where(epoch - start < length, down, last))
+            return self.lr * rampup * rampdown
+
+        return schedule
 
     def build(self, steps_per_epoch: int) -> optax.GradientTransformation:
         lr = self.schedule(steps_per_epoch)

@@ -214,3 +214,26 @@ def test_config_dict_round_trip():
     assert list(aug.augmentation_types()) == [f.name for f in dataclasses.fields(aug.AugmentConfig)]
     with pytest.raises(ValueError, match="unknown"):
         aug.config_from_dict({"reverb": {}})
+
+
+def test_time_mask_draw_and_replay_on_another_frame_rate():
+    cfg = aug.TimeMaskConfig(mask_param=20, n_frames=100)
+    params = cfg.sample(jax.random.key(4), 50_000)
+    start, width = np.asarray(params["start"]), np.asarray(params["width"])
+    # torchaudio's draw: width in 0 .. mask_param - 1, the span inside the clip.
+    assert width.min() == 0 and width.max() == 19 and (start + width).max() <= 100 and start.min() == 0
+    mel = _mel(b=6, f=8, t=100)
+    few = jax.tree.map(lambda a: a[:6], params)
+    out = np.asarray(cfg.apply(jnp.asarray(mel), few))
+    for b in range(6):
+        hit = np.zeros(100, bool)
+        hit[start[b]:start[b] + width[b]] = True
+        np.testing.assert_array_equal(out[b][:, hit], 0.0)
+        np.testing.assert_array_equal(out[b][:, ~hit], mel[b][:, ~hit])
+    # The same spans on a 50-frame grid: frame j is masked iff its centre (j + 0.5) * 2 lies
+    # in [start, start + width) of the 100-frame grid (the frequency mask's conversion rule).
+    half = np.asarray(cfg.apply(jnp.asarray(_mel(b=6, f=8, t=50)), few))
+    for b in range(6):
+        centre = (np.arange(50) + 0.5) * 2
+        hit = (centre >= start[b]) & (centre < start[b] + width[b])
+        assert np.all(half[b][:, hit] == 0.0) and np.all(half[b][:, ~hit] != 0.0)

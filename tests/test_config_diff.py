@@ -99,3 +99,29 @@ def test_check_resumable_refuses_a_different_stored_config(tmp_path):
     (tmp_path / "config.json").write_text('{"seed": ')  # torn
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         check_resumable(tmp_path, config)
+
+
+def test_exp_warmup_linear_down_matches_cpjku():
+    """OptimConfig(lr_schedule="exp_warmup_linear_down") against the transcribed reference
+    (cpjku_dcase23 helpers/lr_schedule.py), stepped once per epoch as their LambdaLR is."""
+    import math
+
+    from asc_jax.config import OptimConfig
+
+    def reference(epoch, warmup=3, length=10, start=3, last=0.01):
+        up = math.exp(-5.0 * (1.0 - min(max(epoch, 0.5), warmup) / warmup) ** 2) if epoch < warmup else 1.0
+        if epoch <= start:
+            down = 1.0
+        elif epoch - start < length:
+            down = last + (1.0 - last) * (length - epoch + start) / length
+        else:
+            down = last
+        return up * down
+
+    cfg = OptimConfig(lr=1e-5, epochs=25, warmup_epochs=3, lr_schedule="exp_warmup_linear_down")
+    schedule = cfg.schedule(steps_per_epoch=7)
+    for epoch in range(25):
+        for step in (7 * epoch, 7 * epoch + 6):
+            assert float(schedule(step)) == pytest.approx(1e-5 * reference(epoch), rel=1e-6), (epoch, step)
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        OptimConfig(lr_schedule="linear")

@@ -111,17 +111,37 @@ def freq_mask_edges(params: Params, n_mels: int) -> tuple[np.ndarray, np.ndarray
     return lo, hi
 
 
-def freq_mask_bins(params: Params, n_mels: int) -> jax.Array:
-    """Boolean (B, n_mels) mask of the bins hit by each stored band (rule of ``freq_mask_edges``).
+def band_bins(start, width, src, n: int) -> jax.Array:
+    """Boolean (B, n) mask of the cells hit by bands ``[start, start + width)`` drawn on an
+    ``src``-cell grid, on an ``n``-cell grid over the same range (rule of ``freq_mask_edges``).
 
     The centre test ``lo <= j + 0.5 < hi`` is evaluated in integers, multiplied through by
     ``2 * src``, so the conversion is exact and identical on every backend.
     """
-    src = jnp.asarray(params["n_mels"], jnp.int32)[:, None]
-    start = jnp.asarray(params["start"], jnp.int32)[:, None]
-    end = start + jnp.asarray(params["width"], jnp.int32)[:, None]
-    centre2 = (2 * jnp.arange(n_mels, dtype=jnp.int32) + 1)[None, :] * src
-    return (centre2 >= 2 * start * n_mels) & (centre2 < 2 * end * n_mels)
+    src = jnp.asarray(src, jnp.int32)[:, None]
+    start = jnp.asarray(start, jnp.int32)[:, None]
+    end = start + jnp.asarray(width, jnp.int32)[:, None]
+    centre2 = (2 * jnp.arange(n, dtype=jnp.int32) + 1)[None, :] * src
+    return (centre2 >= 2 * start * n) & (centre2 < 2 * end * n)
+
+
+def freq_mask_bins(params: Params, n_mels: int) -> jax.Array:
+    """Boolean (B, n_mels) mask of the bins hit by each stored frequency band."""
+    return band_bins(params["start"], params["width"], params["n_mels"], n_mels)
+
+
+def _sample_band(key: jax.Array, batch_size: int, mask_param: int, n: int) -> tuple[jax.Array, jax.Array]:
+    """(start, width) per example, drawn exactly like torchaudio's ``mask_along_axis_iid``:
+
+        value = U[0, 1) * mask_param;  min_value = U[0, 1) * (n - value)
+        start = floor(min_value);      width = floor(value)    (so width is 0 .. mask_param-1)
+    """
+    if not 0 <= mask_param <= n:
+        raise ValueError(f"mask_param={mask_param} must lie in [0, {n}]")
+    k_value, k_start = jax.random.split(key)
+    value = jax.random.uniform(k_value, (batch_size,)) * mask_param
+    min_value = jax.random.uniform(k_start, (batch_size,)) * (n - value)
+    return jnp.floor(min_value).astype(jnp.int32), jnp.floor(value).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,30 +157,45 @@ class FreqMaskConfig:
     mask_value: float = 0.0  # value written into the band (torchaudio default 0, on the log-mel)
 
     def sample(self, key: jax.Array, batch_size: int, sr: int | None = None) -> Params:
-        """One band per example, drawn exactly like torchaudio's ``mask_along_axis_iid``:
-
-            value = U[0, 1) * mask_param;  min_value = U[0, 1) * (n_mels - value)
-            start = floor(min_value);      width = floor(value)    (so width is 0 .. mask_param-1)
+        """One band per example (torchaudio's draw, ``_sample_band``).
 
         Returns:
           {"start", "width", "n_mels"}: int32 (B,).
         """
         del sr  # bands are in mel bins
-        if not 0 <= self.mask_param <= self.n_mels:
-            raise ValueError(f"freq mask_param={self.mask_param} must lie in [0, n_mels={self.n_mels}]")
-        k_value, k_start = jax.random.split(key)
-        value = jax.random.uniform(k_value, (batch_size,)) * self.mask_param
-        min_value = jax.random.uniform(k_start, (batch_size,)) * (self.n_mels - value)
-        return {
-            "start": jnp.floor(min_value).astype(jnp.int32),
-            "width": jnp.floor(value).astype(jnp.int32),
-            "n_mels": jnp.full((batch_size,), self.n_mels, jnp.int32),
-        }
+        start, width = _sample_band(key, batch_size, self.mask_param, self.n_mels)
+        return {"start": start, "width": width, "n_mels": jnp.full((batch_size,), self.n_mels, jnp.int32)}
 
     def apply(self, mel: jax.Array, params: Params) -> jax.Array:
         """Write ``mask_value`` into each example's band of a (B, n_mels, n_frames) log-mel."""
         mask = freq_mask_bins(params, mel.shape[-2])
         return jnp.where(mask[:, :, None], jnp.asarray(self.mask_value, mel.dtype), mel)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeMaskConfig:
+    """One span of frames per example set to ``mask_value`` (torchaudio TimeMasking, iid).
+
+    Drawn on a grid of ``n_frames`` frames per clip and recorded with it, so a frontend with
+    another frame rate masks the same stretch of time (the conversion of ``band_bins``).
+    """
+
+    stage: ClassVar[str] = "mel"
+    per_clip: ClassVar[bool] = True
+    mask_param: int = 20  # width = floor(U[0, mask_param)) frames (CPJKU's PaSST recipe: 20)
+    n_frames: int = 100  # frames per clip the span is drawn on (PaSST: 100 per 1-s clip)
+    mask_value: float = 0.0  # in log-mel units, like FreqMaskConfig.mask_value
+
+    def sample(self, key: jax.Array, batch_size: int, sr: int | None = None) -> Params:
+        """Returns {"start", "width", "n_frames"}: int32 (B,)."""
+        del sr
+        start, width = _sample_band(key, batch_size, self.mask_param, self.n_frames)
+        return {"start": start, "width": width, "n_frames": jnp.full((batch_size,), self.n_frames, jnp.int32)}
+
+    def apply(self, mel: jax.Array, params: Params) -> jax.Array:
+        """Write ``mask_value`` into each example's span of a (B, n_mels, n_frames) log-mel."""
+        mask = band_bins(params["start"], params["width"], params["n_frames"], mel.shape[-1])
+        return jnp.where(mask[:, None, :], jnp.asarray(self.mask_value, mel.dtype), mel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +265,10 @@ class AugmentConfig:
     roll: RollConfig | None = RollConfig()  # waveform roll
     freq_mask: FreqMaskConfig | None = FreqMaskConfig()  # one frequency band masked per example
     mixstyle: MixStyleConfig | None = MixStyleConfig()  # Freq-MixStyle (couples the batch)
+    # Time masking (off in the students' recipe). Last, so that adding it kept the PRNG keys of
+    # the others (field index): it runs after Freq-MixStyle, whose per-frequency statistics over
+    # time therefore see the unmasked clip.
+    time_mask: TimeMaskConfig | None = None
 
 
 def augmentation_types() -> dict[str, type]:

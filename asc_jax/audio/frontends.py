@@ -121,14 +121,14 @@ def of_config(config: Any) -> Frontend:
 
 
 def feature_augment(aug_cfg: augment.AugmentConfig, frontend: Frontend) -> augment.AugmentConfig:
-    """``aug_cfg`` with its frequency-mask value moved into ``frontend``'s feature units.
+    """``aug_cfg`` with its masks' values moved into ``frontend``'s feature units.
 
-    ``FreqMaskConfig.mask_value`` is in natural log-mel units (0 = log-mel 0, torchaudio's
-    default); a frontend that normalises its log-mel (PaSST: (x + 4.5) / 5) must write the same
-    value in its own units, so a band masked for the student and replayed for a teacher (or a
-    PaSST trained here) hides the same thing.
+    ``mask_value`` (frequency and time masks) is in natural log-mel units (0 = log-mel 0,
+    torchaudio's default); a frontend that normalises its log-mel (PaSST: (x + 4.5) / 5) must
+    write the same value in its own units, so a band masked for the student and replayed for a
+    teacher (or a PaSST trained here) hides the same thing.
     """
-    if aug_cfg.freq_mask is None:
-        return aug_cfg
-    value = float(frontend.from_log_mel(aug_cfg.freq_mask.mask_value))
-    return dataclasses.replace(aug_cfg, freq_mask=dataclasses.replace(aug_cfg.freq_mask, mask_value=value))
+    masks = {name: getattr(aug_cfg, name) for name in ("freq_mask", "time_mask")}
+    return dataclasses.replace(aug_cfg, **{
+        name: dataclasses.replace(sub, mask_value=float(frontend.from_log_mel(sub.mask_value)))
+        for name, sub in masks.items() if sub is not None})
