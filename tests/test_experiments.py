@@ -174,11 +174,17 @@ def test_execute_skips_finished_resumes_unfinished_and_survives_failures(tmp_pat
     assert outcome.state == "failed" and "different config" in outcome.reason and config is None
 
 
-def test_unsupported_rows_are_skipped_with_the_reason(tmp_path):
-    passt = [r for r in plan(TABLES.get("III"), data="D", workdir=tmp_path, seeds=(0,), splits=("5",))
-             if r.row.key == "passt"][0]
-    outcome, config = check(passt)
-    assert outcome.state == "skipped" and "frontend" in outcome.reason and config is None
+def test_unsupported_rows_are_skipped_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no pretrained/ here
+    rows = {r.row.key: r for r in plan(TABLES.get("III"), data="D", workdir=tmp_path, seeds=(0,), splits=("5",))}
+    outcome, config = check(rows["passt"])  # trained here on PaSST's frontend
+    assert outcome.state == "planned" and config.frontend == "passt" and config.model.name == "passt"
+    outcome, config = check(rows["passt_pt"])
+    assert outcome.state == "skipped" and "pretrained/passt_audioset not found" in outcome.reason
+    student_features = Table("P", "P", rows=(Row("p", "P", "configs/demo.py:model=passt", requires=("passt_frontend",)),))
+    (run,) = plan(student_features, data="D", workdir=tmp_path, seeds=(0,), splits=("5",))
+    outcome, _ = check(run)
+    assert outcome.state == "skipped" and "its own frontend" in outcome.reason
     table = Table("T", "T", rows=(Row("x", "X", "configs/demo.py:model=no_such_model"),))
     (run,) = plan(table, data="D", workdir=tmp_path, seeds=(0,), splits=("5",))
     outcome, _ = check(run)

@@ -105,3 +105,32 @@ def test_passt_run_resumes_exactly(straight, data_root, tmp_path):
 def test_unknown_frontend_is_refused():
     with pytest.raises(ValueError, match=r"unknown frontend 'pst'; known: \['logmel', 'passt'\]"):
         dataclasses.replace(Config(), frontend="pst")
+
+
+@pytest.mark.slow
+def test_init_from_a_model_of_another_frontend_is_refused(straight, data_root, tmp_path):
+    workdir, _ = straight
+    on_student_features = dataclasses.replace(
+        _config(data_root), frontend="logmel",
+        model=dataclasses.replace(_config(data_root).model, init_from=str(workdir / "model")))
+    with pytest.raises(ValueError, match=r"was trained on frontend \{'name': 'passt'.* this run uses \{'name': 'logmel'"):
+        train_and_evaluate(on_student_features, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_trained_passt_precomputes_the_logits_it_predicts(straight, data_root, tmp_path):
+    """The workdir is a teacher (it resolves to model/, the only saved form): its stored logits,
+    computed through its own recorded frontend, are the saved model's predictions."""
+    from asc_jax import distill
+
+    workdir, _ = straight
+    student = dataclasses.replace(_config(data_root), frontend="logmel", model=ModelConfig(),
+                                  augment=AugmentConfig(roll=None, freq_mask=None, mixstyle=None))
+    store = distill.precompute(tmp_path / "store", config=student, teachers=[workdir], n_views=1,
+                               batch_size=48, progress=False)
+    saved = inference.load(workdir / "model")
+    train = sources.load_split_source(data_root, "100", sr=saved.frontend.sample_rate).source
+    expected = inference.predict(saved.fn, train, 64)
+    rows = store.rows([c.filename for c in train.clips])
+    np.testing.assert_allclose(store.logits[rows, 0, 0], expected, rtol=1e-5, atol=1e-6)
+    assert store.meta["frontend"][store.teacher_names[0]]["name"] == "passt"

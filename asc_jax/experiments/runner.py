@@ -148,7 +148,7 @@ def load_run_config(run: Run) -> Config:
 # ----------------------------------------------------------------------------------------------
 REQUIREMENTS: Registry[Callable[[Config], str | None]] = Registry("experiment requirement")
 # Checked for every run before the row's own requirements.
-ALWAYS = ("model_registered", "deploy_form")
+ALWAYS = ("model_registered", "deploy_form", "init_weights")
 
 
 @REQUIREMENTS.register("model_registered")
@@ -156,6 +156,16 @@ def _model_registered(config: Config) -> str | None:
     from asc_jax.models import MODELS
     if config.model.name not in MODELS:
         return f"model {config.model.name!r} is not registered (asc_jax.models.MODELS has {MODELS.names()})"
+    return None
+
+
+@REQUIREMENTS.register("init_weights")
+def _init_weights(config: Config) -> str | None:
+    init = config.model.init_from
+    if init and not (Path(init) / "model.json").is_file():
+        return (f"initial weights {init} not found (model.init_from): e.g. PaSST-PT needs the AudioSet "
+                "checkpoint converted first, convert_weights.py --arch passt --torch-ckpt FILE "
+                f"--out {init} --num-classes 10")
     return None
 
 

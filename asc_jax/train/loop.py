@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from asc_jax import complexity, evaluate, inference, parallel
 from asc_jax.audio import frontends
-from asc_jax.checkpoint import TrainCheckpoints, restore_weights, save_model
+from asc_jax.checkpoint import TrainCheckpoints, read_spec, restore_weights, save_model
 from asc_jax.config import Config, config_diff, to_dict
 from asc_jax.data import pipeline, sources, tau
 from asc_jax.models import has_deploy_form, with_default_lowering
@@ -114,6 +114,21 @@ def _teacher_extras(config: Config, data: Data):
                        sample_rate=frontends.of_config(config).sample_rate)
 
 
+def _check_init_frontend(init_from: str | Path, frontend: frontends.Frontend) -> None:
+    """Refuses initial weights trained on another frontend than the run's (a PaSST checkpoint
+    under the student log-mel, or the other way round): they would start from features they
+    never saw. A saved model that records no frontend (a pruning phase's sliced init before it
+    did) is not compared."""
+    spec = read_spec(init_from)
+    if not ({"frontend", "mel"} & set(spec) or spec["model"]["name"] in frontends.DEFAULT_FRONTENDS):
+        return
+    saved = frontends.frontend_of(spec, init_from).describe()
+    if saved != frontend.describe():
+        raise ValueError(f"model.init_from {init_from} was trained on frontend {saved}, this run uses "
+                         f"{frontend.describe()}; set the config's frontend (and its settings) to the "
+                         "checkpoint's, or initialise from a model trained on this frontend")
+
+
 def _loss_fn(config: Config):
     if config.kd.store:
         from asc_jax.distill import make_kd_loss
@@ -178,6 +193,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     # counters live in the model state, so they are checkpointed and resume exactly.
     model = config.model.build(nnx.Rngs(params=key_params, default=jax.random.fold_in(key_params, 1)))
     if config.model.init_from:
+        _check_init_frontend(config.model.init_from, frontend)
         restore_weights(config.model.init_from, model)
     record_config(workdir, recorded)
     tx = config.optim.build(steps_per_epoch)

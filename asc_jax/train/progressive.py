@@ -150,7 +150,8 @@ def _prepare_init(previous: Path, init_dir: Path, phase: Phase, cfg: prune.Prune
     name, options = spec["model"]["name"], spec["model"]["options"]
     narrow, new_options = prune_round(model, name, options, phase.widths, cfg.method, cfg.input_shape)
     save_model(init_dir, narrow, name=name, options=new_options, pruned_from=str(previous / "model"),
-               widths=dict(phase.widths), method=cfg.method)
+               widths=dict(phase.widths), method=cfg.method,
+               **{k: spec[k] for k in ("frontend", "mel", "class_names") if k in spec})
     log.info("%s: pruned %s to %s", phase.name, previous.name, new_options)
     # As JSON gives them back, so that a resumed phase sees the config it started with.
     return json.loads((init_dir / "model.json").read_text())["model"]["options"]
