@@ -134,3 +134,57 @@ def test_a_trained_passt_precomputes_the_logits_it_predicts(straight, data_root,
     rows = store.rows([c.filename for c in train.clips])
     np.testing.assert_allclose(store.logits[rows, 0, 0], expected, rtol=1e-5, atol=1e-6)
     assert store.meta["frontend"][store.teacher_names[0]]["name"] == "passt"
+
+
+def _loss_and_grads(options, x, labels):
+    import optax
+
+    from asc_jax.models import build_model
+
+    model = build_model("passt", rngs=nnx.Rngs(params=0, default=1), **{**TINY_PASST, "s_patchout_f": 0,
+                                                                          "depth": 2, **options})
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        logits, _ = nnx.merge(graphdef, p, rest)(x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(np.float32), labels).mean(), logits
+
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return value, logits, grads
+
+
+def test_remat_and_bfloat16_compute_options():
+    """remat recomputes instead of storing: the same loss, logits and gradients in float32.
+    bfloat16 compute stays close to float32 (params and checkpoints are unchanged)."""
+    x = jax.random.normal(jax.random.key(0), (4, 128, 100))
+    labels = np.array([0, 3, 5, 9])
+    ref_loss, ref_logits, ref_grads = _loss_and_grads({}, x, labels)
+    loss, logits, grads = _loss_and_grads({"remat": True}, x, labels)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    for (path, a), (_, b) in zip(named_leaves(ref_grads), named_leaves(grads)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=path)
+    loss16, logits16, grads16 = _loss_and_grads({"compute_dtype": "bfloat16"}, x, labels)
+    assert logits16.dtype == np.float32  # the head runs in float32
+    np.testing.assert_allclose(logits16, ref_logits, atol=0.05 * float(np.abs(ref_logits).max()))
+    assert abs(float(loss16) - float(ref_loss)) < 0.02 * float(ref_loss)
+    assert all(np.isfinite(np.asarray(g)).all() for _, g in named_leaves(grads16))
+    with pytest.raises(ValueError, match="compute_dtype"):
+        _loss_and_grads({"compute_dtype": "float16"}, x, labels)
+
+
+def test_out_of_memory_names_the_options_that_reduce_it():
+    from asc_jax.train.loop import _explain_out_of_memory
+
+    def step(state, batch):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1G")
+
+    config = _config("D")
+    with pytest.raises(MemoryError, match=r"optim.batch_size \(now 32.*remat=True.*bfloat16.*9\.1G"):
+        _explain_out_of_memory(step, config)(None, None)
+
+    def other(state, batch):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        _explain_out_of_memory(other, config)(None, None)

@@ -48,6 +48,15 @@ class PaSSTConfig:
     s_patchout_t: int = 0  # Structured patchout: time columns dropped in training.
     s_patchout_f: int = 0  # Structured patchout: frequency rows dropped in training.
     u_patchout: int = 0  # Unstructured patchout: single patches dropped in training.
+    # Memory/speed options; neither changes the parameters, so any checkpoint loads either way.
+    remat: bool = False  # Recompute each block's activations in the backward pass (jax.checkpoint).
+    # "bfloat16": tokens, matmuls and attention in bfloat16 (params, LayerNorm statistics, the
+    # softmax and the logits stay float32); "float32": everything in float32.
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -88,34 +97,45 @@ def _torch_conv_init(fan_in: int):
     return init
 
 
-def _linear(din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(din: int, dout: int, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.Linear:
+    # dtype: the computation's (inputs and kernel cast to it); the parameters stay float32.
     return nnx.Linear(din, dout, kernel_init=_normal, bias_init=nnx.initializers.zeros_init(),
-                      rngs=rngs)
+                      dtype=dtype, rngs=rngs)
+
+
+def _norm(dim: int, epsilon: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Statistics in float32 whatever the tokens' dtype; the output keeps the input's dtype.
+    return nnx.LayerNorm(dim, epsilon=epsilon, dtype=jnp.float32, rngs=rngs)
+
+
+def _normed(norm: nnx.LayerNorm, x: jax.Array) -> jax.Array:
+    return norm(x.astype(jnp.float32)).astype(x.dtype)
 
 
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv projection (timm layout: q, k, v then heads)."""
 
-    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = _linear(dim, 3 * dim, rngs)
-        self.proj = _linear(dim, dim, rngs)
+        self.qkv = _linear(dim, 3 * dim, rngs, dtype)
+        self.proj = _linear(dim, dim, rngs, dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scale = (c // self.num_heads) ** -0.5
-        attn = jax.nn.softmax(jnp.einsum("bnhd,bmhd->bhnm", q, k) * scale, axis=-1)
+        scores = jnp.einsum("bnhd,bmhd->bhnm", q, k).astype(jnp.float32) * scale
+        attn = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # the softmax in float32
         return self.proj(jnp.einsum("bhnm,bmhd->bnhd", attn, v).reshape(b, n, c))
 
 
 class Mlp(nnx.Module):
-    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
-        self.fc1 = _linear(dim, hidden, rngs)
-        self.fc2 = _linear(hidden, dim, rngs)
+    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.fc1 = _linear(dim, hidden, rngs, dtype)
+        self.fc2 = _linear(hidden, dim, rngs, dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
@@ -124,15 +144,15 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
-        self.attn = Attention(dim, num_heads, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.norm1 = _norm(dim, 1e-6, rngs)
+        self.attn = Attention(dim, num_heads, rngs=rngs, dtype=dtype)
+        self.norm2 = _norm(dim, 1e-6, rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.attn(_normed(self.norm1, x))
+        return x + self.mlp(_normed(self.norm2, x))
 
 
 class PaSST(nnx.Module):
@@ -152,9 +172,10 @@ class PaSST(nnx.Module):
         self.cls_token = nnx.Param(_normal(rngs.params(), (1, 1, e)))
         self.dist_token = nnx.Param(_normal(rngs.params(), (1, 1, e)))
         self.new_pos_embed = nnx.Param(_normal(rngs.params(), (1, 2, e)))
-        self.blocks = nnx.List([Block(e, config.num_heads, config.mlp_ratio, rngs=rngs)
+        dtype = jnp.dtype(config.compute_dtype)
+        self.blocks = nnx.List([Block(e, config.num_heads, config.mlp_ratio, rngs=rngs, dtype=dtype)
                                 for _ in range(config.depth)])
-        self.norm = nnx.LayerNorm(e, epsilon=1e-6, rngs=rngs)
+        self.norm = _norm(e, 1e-6, rngs)
         self.head_norm = nnx.LayerNorm(e, epsilon=1e-5, rngs=rngs)
         self.head = _linear(e, config.n_classes, rngs)
         uses_patchout = config.s_patchout_t or config.s_patchout_f or config.u_patchout
@@ -191,13 +212,19 @@ class PaSST(nnx.Module):
         tokens = (jnp.concatenate([self.cls_token[...], self.dist_token[...]], axis=1)
                   + self.new_pos_embed[...])
         h = jnp.concatenate([jnp.broadcast_to(tokens, (b, 2, e)), h], axis=1)
+        h = h.astype(cfg.compute_dtype)
         for block in self.blocks:
-            h = block(h)
-        h = self.norm(h)
+            # remat: the backward pass recomputes the block's activations instead of storing them.
+            h = nnx.remat(_call_block)(block, h) if cfg.remat else block(h)
+        h = self.norm(h.astype(jnp.float32))
         aux["tokens"] = h
         features = (h[:, 0] + h[:, 1]) / 2
         aux["pre_logits"] = features
         return self.head(self.head_norm(features)), aux
+
+
+def _call_block(block: Block, h: jax.Array) -> jax.Array:
+    return block(h)
 
 
 def passt_config(variant: str = DEFAULT_VARIANT, **overrides) -> PaSSTConfig:

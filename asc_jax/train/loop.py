@@ -129,6 +129,26 @@ def _check_init_frontend(init_from: str | Path, frontend: frontends.Frontend) ->
                          "checkpoint's, or initialise from a model trained on this frontend")
 
 
+def _explain_out_of_memory(train_step: Callable, config: Config) -> Callable:
+    """`train_step` whose device out-of-memory error says which settings reduce the memory."""
+
+    def step(state, batch):
+        try:
+            return train_step(state, batch)
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            options = [f"optim.batch_size (now {config.optim.batch_size}; per device with "
+                       "parallel data parallelism)"]
+            if config.model.name == "passt":
+                options += ["model.options.remat=True (recompute block activations)",
+                            "model.options.compute_dtype='bfloat16'"]
+            raise MemoryError(f"the train step of {config.model.name} does not fit in device memory; "
+                              f"reduce it with {', '.join(options)}. XLA said: {str(e)[:300]}") from e
+
+    return step
+
+
 def _loss_fn(config: Config):
     if config.kd.store:
         from asc_jax.distill import make_kd_loss
@@ -200,8 +220,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     graphdef, state = create_train_state(model, tx)
     # The roll ran on the host; the mask value is moved into the frontend's units.
     feature_aug = frontends.feature_augment(dataclasses.replace(config.augment, roll=None), frontend)
-    train_step = steps.make_train_step(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
-                                       schedule=config.optim.schedule(steps_per_epoch))
+    train_step = _explain_out_of_memory(
+        steps.make_train_step(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
+                              schedule=config.optim.schedule(steps_per_epoch)), config)
     # Frontend + model, compiled once for all evaluations (the state is an argument).
     eval_fn = jax.jit(inference.forward(graphdef, frontend.features))
 
