@@ -129,7 +129,9 @@ register(Table(
         # Fine-tuned here, on PaSST's own frontend (configs/passt_tau.py states the recipe):
         # from a random initialisation, and from converted AudioSet weights.
         Row("passt", "PaSST", f"{PASST_CONFIG}:init=scratch", requires=("passt_frontend",)),
-        Row("passt_pt", "PaSST-PT", f"{PASST_CONFIG}:init=audioset", requires=("passt_frontend",)),
+        # A smoke grid has no AudioSet weights: its PaSST-PT run starts from scratch too.
+        Row("passt_pt", "PaSST-PT", f"{PASST_CONFIG}:init=audioset", requires=("passt_frontend",),
+            smoke_spec=f"{PASST_CONFIG}:init=scratch"),
         _model_row("cp_resnet_wide", "CP-ResNet (base 64)", "cp_resnet", "model.options.base_channels=64"),
         _model_row("bc_resnet_wide", "BC-ResNet-5 (base 40)", "bc_resnet", "model.options.base_channels=40"),
         _model_row("tf_sepnet_wide", "TF-SepNet-128", "tf_sepnet", "model.options.base_channels=128"),

@@ -28,7 +28,7 @@ from flax import nnx
 
 from asc_jax import typed
 from asc_jax.models.layers import BN_EPS, BN_MOMENTUM, run_stages
-from asc_jax.models.registry import MODELS
+from asc_jax.models.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +153,7 @@ class ECAPATDNN(nnx.Module):
         return self.classifier(aux["pre_logits"]), aux
 
 
-@MODELS.register("ecapa_tdnn")
+@register("ecapa_tdnn", deploy_form=False)
 def ecapa_tdnn(*, rngs: nnx.Rngs, deploy: bool = False, **overrides) -> ECAPATDNN:
     """ECAPA-TDNN (C=512) teacher: 6,249,994 params / 332 MMACs on 256x63."""
     if deploy:
