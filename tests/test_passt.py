@@ -232,3 +232,52 @@ def test_input_shape_errors():
         model(jnp.zeros((1, 128, 300)))  # longer than the time embedding covers
     with pytest.raises(ValueError, match="expects"):
         model(jnp.zeros((1, 64, 100)))
+
+
+@pytest.mark.slow
+def test_converted_passt_finetunes_in_jax_and_teaches(hear21passt, tmp_path):
+    """hear21passt weights -> convert_weights.py -> a few fine-tuning steps by train.py on PaSST's
+    frontend (model.init_from, strict) -> the workdir as a teacher: its stored logits are the
+    fine-tuned model's predictions, and fine-tuning moved the converted weights."""
+    import dataclasses
+
+    from asc_jax import distill, inference
+    from asc_jax.audio.augment import AugmentConfig
+    from asc_jax.checkpoint import named_leaves
+    from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig
+    from asc_jax.data import sources, synthetic
+    from asc_jax.train import train_and_evaluate
+
+    torch, ref_passt, _ = hear21passt
+    torch.manual_seed(3)
+    arch = dict(embed_dim=32, depth=1, num_heads=4)
+    ref = ref_passt.PaSST(img_size=(128, 998), patch_size=16, stride=10, in_chans=1, num_classes=527,
+                          distilled=True, **arch).eval()
+    torch.save(ref.state_dict(), tmp_path / "audioset.pt")
+    convert_weights.main(["--arch", "passt", "--torch-ckpt", str(tmp_path / "audioset.pt"),
+                          "--out", str(tmp_path / "converted"), "--num-classes", "10",
+                          "--model-kwargs", json.dumps(arch)])
+    data = tmp_path / "tau"
+    synthetic.ensure_dataset(data, n_train_per_class_device=2, n_test_per_class_device=1,
+                             clips_per_recording=1, train_locations_per_class=2, test_locations_per_class=1)
+    config = Config(frontend="passt", data=DataConfig(root=str(data), generate=False),
+                    model=ModelConfig(name="passt", options={"n_classes": 10, "s_patchout_f": 6, **arch},
+                                      init_from=str(tmp_path / "converted")),
+                    optim=OptimConfig(lr=1e-3, epochs=1, warmup_epochs=0, batch_size=32),
+                    eval_every_epochs=1, log_every_steps=1)
+    summary = train_and_evaluate(config, tmp_path / "run")
+    assert summary["finished"] and summary["step"] == 120 // 32
+
+    saved = inference.load(tmp_path / "run" / "model")  # the only saved form (PaSST has no fused one)
+    converted = load_model(tmp_path / "converted")[0]
+    moved = [k for (k, a), (_, b) in zip(named_leaves(nnx.state(converted, nnx.Param)),
+                                         named_leaves(nnx.state(saved.model, nnx.Param))) if not np.array_equal(a, b)]
+    assert len(moved) > 10
+    student = dataclasses.replace(config, frontend="logmel", model=ModelConfig(),
+                                  augment=AugmentConfig(roll=None, freq_mask=None, mixstyle=None))
+    store = distill.precompute(tmp_path / "store", config=student, teachers=[tmp_path / "run"], n_views=1,
+                               batch_size=16, progress=False)
+    train = sources.load_split_source(data, "100", sr=32000).source
+    expected = inference.predict(saved.fn, train, 32)
+    np.testing.assert_allclose(store.logits[store.rows([c.filename for c in train.clips]), 0, 0], expected,
+                               rtol=1e-5, atol=1e-6)
