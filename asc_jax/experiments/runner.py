@@ -3,9 +3,9 @@
 A run is exactly what `python train.py --config <spec> --workdir <dir> --set ...` would do
 (`Run.command()` prints that command). A finished run (its `summary.json` says finished) is never
 trained again; an unfinished one resumes from its checkpoint, because `train_and_evaluate` resumes
-automatically from the workdir. Rows whose requirements are not met (an unregistered model, a model
-without the deploy form the loop ends with, PaSST without its frontend) are skipped with the
-reason, never approximated.
+automatically from the workdir. Rows whose requirements are not met (an unregistered model, a CNN
+that cannot be fused into the deploy form the loop ends with, PaSST without its own frontend,
+initial weights that are not there) are skipped with the reason, never approximated.
 """
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def save_quantized(directory: str | Path, model: nnx.Module, spec: Mapping[str, 
     Args:
       directory: output folder (`weights/` + `model.json`).
       model: the result of `quantize` / `convert_qat`.
-      spec: model.json of the float deploy model it came from ({"model", "mel", "class_names"...}).
+      spec: model.json of the float deploy model it came from ({"model", "frontend", "class_names"...}).
       cfg: the QuantConfig it was made with.
       **extra: more JSON-able entries for model.json (evaluation results...).
     Returns:
