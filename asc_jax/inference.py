@@ -30,7 +30,7 @@ from flax import nnx
 
 from asc_jax import parallel
 from asc_jax.audio.frontends import Frontend, frontend_of
-from asc_jax.checkpoint import load_model, read_spec
+from asc_jax.checkpoint import load_model, read_spec, resolve_model_dir
 from asc_jax.data import pipeline, sources
 
 Features = Callable[..., jax.Array]  # frontend: (waveform (B, n_samples), *args) -> model input
@@ -89,13 +89,15 @@ def load(directory: str | Path, *, seed: int = 0, form: str | None = None) -> Sa
     """A saved model (float or int8, `checkpoint.load_model`) with the frontend of its model.json.
 
     Args:
-      directory: the saved model's directory (model.json + weights/).
+      directory: the saved model's directory (model.json + weights/), or a train.py workdir
+        (its deploy/, else model/; `checkpoint.resolve_model_dir`).
       seed: initialises its non-weight state (RNG streams).
       form: the model form expected ("float", "int8"); None accepts any.
     Raises:
       FileNotFoundError, CorruptModelError: as `checkpoint.load_model`.
       ValueError: model.json names no usable frontend, or the model is not of `form`.
     """
+    directory = resolve_model_dir(directory)
     frontend = frontend_of(read_spec(directory), directory)  # before reading any weights
     model, spec = load_model(directory, seed=seed, form=form)
     return SavedModel(model_fn(model, frontend.features), model, spec, frontend)

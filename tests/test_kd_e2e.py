@@ -14,7 +14,7 @@ from asc_jax import distill
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig, log_mel
 from asc_jax.audio.passt_frontend import passt_logmel
-from asc_jax.checkpoint import load_model, save_model
+from asc_jax.checkpoint import load_model, resolve_model_dir, save_model
 from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig, load_config
 from asc_jax.data import pipeline, sources, synthetic, tau
 from asc_jax.distill import cli
@@ -124,7 +124,7 @@ def test_stored_logits_equal_an_independent_replay(store, data_root, teacher_dir
     features = {"rep_mobile-cnn_a": (lambda w: log_mel(w, MelConfig()), 0.0),
                 "passt-tiny": (passt_logmel, (0.0 + 4.5) / 5.0)}
     for k, name in enumerate(store.teacher_names):
-        model = _jitted(load_model(distill.resolve_model_dir(teacher_dirs[name]))[0])
+        model = _jitted(load_model(resolve_model_dir(teacher_dirs[name]))[0])
         frontend, masked_value = features[name]
         x = np.asarray(frontend(wave))
         mask = _reference_mask(params["freq_mask"], x.shape[1])

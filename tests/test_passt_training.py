@@ -68,6 +68,9 @@ def test_passt_learns_and_saves_its_frontend(straight, data_root):
     # The saved model predicts with its own frontend; inference is deterministic (no patchout)
     # and reproduces the run's own evaluation.
     saved = inference.load(workdir / "model")
+    assert inference.load(workdir).spec == saved.spec  # a workdir resolves to its model/
+    with pytest.raises(FileNotFoundError, match=r"no model.json there nor under deploy/ or model/"):
+        inference.load(workdir / "eval")
     test = sources.load_split_source(data_root, "test", sr=saved.frontend.sample_rate).source
     logits = inference.predict(saved.fn, test, 64)
     np.testing.assert_array_equal(logits, inference.predict(saved.fn, test, 64))

@@ -29,12 +29,12 @@ from asc_jax.checkpoint.integrity import (
     INTEGRITY_KEY, CorruptModelError, array_records, first_non_finite, named_leaves)
 from asc_jax.checkpoint.saved_model import (
     MODEL_FORMS, WEIGHTS, ModelForm, build_float, load_model, model_form, read_spec, read_weights,
-    restore_weights, save_model, write_model)
+    resolve_model_dir, restore_weights, save_model, write_model)
 from asc_jax.checkpoint.training import TrainCheckpoints
 
 __all__ = [
     "INTEGRITY_KEY", "CorruptModelError", "array_records", "first_non_finite", "named_leaves",
     "MODEL_FORMS", "WEIGHTS", "ModelForm", "build_float", "load_model", "model_form", "read_spec",
-    "read_weights", "restore_weights", "save_model", "write_model",
+    "read_weights", "resolve_model_dir", "restore_weights", "save_model", "write_model",
     "TrainCheckpoints",
 ]

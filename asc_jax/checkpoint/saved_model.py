@@ -130,6 +130,22 @@ def _read_model_json(directory: str | Path) -> tuple[dict[str, Any], dict[str, A
     return spec, spec.pop(INTEGRITY_KEY, None)
 
 
+def resolve_model_dir(path: str | Path) -> Path:
+    """A saved model directory: ``path`` itself, or a train.py workdir's ``deploy/`` (the fused,
+    faster form; same logits) else ``model/`` (the only one of a model without a fused form).
+
+    Raises:
+      FileNotFoundError: naming ``path``, if none of them holds a model.json.
+    """
+    path = Path(path).absolute()
+    for candidate in (path, path / "deploy", path / "model"):
+        if (candidate / "model.json").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: no model.json there nor under deploy/ or model/ (expected a saved model written "
+        "by train.py, convert_weights.py or python -m asc_jax.quantize, or a train.py workdir)")
+
+
 def read_spec(directory: str | Path) -> dict[str, Any]:
     """The model.json written by `save_model`, without its integrity data.
 

@@ -34,7 +34,7 @@ from asc_jax.distill.precompute import precompute, view_keys
 from asc_jax.distill.store import (STORE_FORMAT, STORE_VERSION, StoreError, TeacherStore, read_store,
                                    resolve_teachers, teacher_columns, write_store)
 from asc_jax.distill.teachers import (STORE_AUGMENT, Teacher, TeacherFn, default_tag,
-                                      load_teacher, make_apply, resolve_model_dir, teacher_name)
+                                      load_teacher, make_apply, teacher_name)
 
 __all__ = [
     "CNN_ARCHS", "ENSEMBLES", "TRANSFORMER_ARCHS", "teacher_arch",
@@ -44,5 +44,5 @@ __all__ = [
     "STORE_FORMAT", "STORE_VERSION", "StoreError", "TeacherStore", "read_store", "resolve_teachers",
     "teacher_columns", "write_store",
     "STORE_AUGMENT", "Teacher", "TeacherFn", "default_tag", "load_teacher",
-    "make_apply", "resolve_model_dir", "teacher_name",
+    "make_apply", "teacher_name",
 ]

@@ -30,7 +30,7 @@ from flax import nnx
 from asc_jax import inference
 from asc_jax.audio import augment
 from asc_jax.audio.frontends import Frontend, feature_augment
-from asc_jax.checkpoint import read_spec
+from asc_jax.checkpoint import read_spec, resolve_model_dir
 from asc_jax.data import tau
 from asc_jax.distill.extras import store_augment
 
@@ -63,18 +63,6 @@ class Teacher:
     @property
     def arch(self) -> str:
         return self.spec["model"]["name"]
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A saved model directory: ``path`` itself, or a train.py workdir's ``deploy/`` (the fused,
-    faster form; same logits) else ``model/``."""
-    path = Path(path).absolute()
-    for candidate in (path, path / "deploy", path / "model"):
-        if (candidate / "model.json").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"teacher {path}: no model.json there nor under deploy/ or model/ (expected a directory "
-        "written by train.py or convert_weights.py)")
 
 
 def default_tag(directory: Path) -> str:
