@@ -87,6 +87,22 @@ def frontend_of(spec: Mapping[str, Any], directory: str | Path) -> Frontend:
     Raises:
       ValueError: naming the directory when none applies or the options do not fit.
     """
+    frontend = recorded_frontend(spec, directory)
+    if frontend is None:
+        raise ValueError(
+            f"{directory}/model.json names no frontend (no 'frontend' or 'mel' entry) and "
+            f"architecture {spec['model']['name']!r} has no default; known defaults: "
+            f"{dict(DEFAULT_FRONTENDS)}")
+    return frontend
+
+
+def recorded_frontend(spec: Mapping[str, Any], directory: str | Path) -> Frontend | None:
+    """The frontend model.json names (precedence of `frontend_of`), or None if it names none
+    (e.g. a pruning phase's sliced init written before inits carried it).
+
+    Raises:
+      ValueError: naming the directory, when the recorded options do not fit the frontend.
+    """
     if "frontend" in spec:
         name, options = spec["frontend"]["name"], spec["frontend"].get("options", {})
     elif "mel" in spec:
@@ -94,10 +110,7 @@ def frontend_of(spec: Mapping[str, Any], directory: str | Path) -> Frontend:
     elif spec["model"]["name"] in DEFAULT_FRONTENDS:
         name, options = DEFAULT_FRONTENDS[spec["model"]["name"]], {}
     else:
-        raise ValueError(
-            f"{directory}/model.json names no frontend (no 'frontend' or 'mel' entry) and "
-            f"architecture {spec['model']['name']!r} has no default; known defaults: "
-            f"{dict(DEFAULT_FRONTENDS)}")
+        return None
     try:
         return FRONTENDS.get(name)(options)
     except TypeError as e:
@@ -123,12 +136,11 @@ def of_config(config: Any) -> Frontend:
 def feature_augment(aug_cfg: augment.AugmentConfig, frontend: Frontend) -> augment.AugmentConfig:
     """``aug_cfg`` with its masks' values moved into ``frontend``'s feature units.
 
-    ``mask_value`` (frequency and time masks) is in natural log-mel units (0 = log-mel 0,
+    ``mask_value`` (of every mask: frequency, time) is in natural log-mel units (0 = log-mel 0,
     torchaudio's default); a frontend that normalises its log-mel (PaSST: (x + 4.5) / 5) must
     write the same value in its own units, so a band masked for the student and replayed for a
     teacher (or a PaSST trained here) hides the same thing.
     """
-    masks = {name: getattr(aug_cfg, name) for name in ("freq_mask", "time_mask")}
     return dataclasses.replace(aug_cfg, **{
-        name: dataclasses.replace(sub, mask_value=float(frontend.from_log_mel(sub.mask_value)))
-        for name, sub in masks.items() if sub is not None})
+        name: dataclasses.replace(op, mask_value=float(frontend.from_log_mel(op.mask_value)))
+        for _, name, op in augment.enabled(aug_cfg) if hasattr(op, "mask_value")})

@@ -119,10 +119,10 @@ def _check_init_frontend(init_from: str | Path, frontend: frontends.Frontend) ->
     under the student log-mel, or the other way round): they would start from features they
     never saw. A saved model that records no frontend (a pruning phase's sliced init before it
     did) is not compared."""
-    spec = read_spec(init_from)
-    if not ({"frontend", "mel"} & set(spec) or spec["model"]["name"] in frontends.DEFAULT_FRONTENDS):
+    recorded = frontends.recorded_frontend(read_spec(init_from), init_from)
+    if recorded is None:
         return
-    saved = frontends.frontend_of(spec, init_from).describe()
+    saved = recorded.describe()
     if saved != frontend.describe():
         raise ValueError(f"model.init_from {init_from} was trained on frontend {saved}, this run uses "
                          f"{frontend.describe()}; set the config's frontend (and its settings) to the "
