@@ -133,7 +133,8 @@ class Predictor:
 
     def load_windows(self, path: Path, min_last: float = MIN_LAST_WINDOW) -> np.ndarray:
         """Windows of one file; raises tau.ClipError (naming the file) on bad audio."""
-        wave = tau.load_audio(path, self.sample_rate, expected_sr=None)
+        wave = tau.load_audio(path, self.sample_rate, expected_sr=None,
+                              resampler=self.saved.frontend.resampler)
         return split_windows(wave, self.window, min_last)
 
 

@@ -70,7 +70,7 @@ def hear21passt():
                           vtln_low, vtln_high, vtln_warp_factor):
             assert vtln_warp_factor == 1.0, "AugmentMelSTFT never warps"
             banks = _kaldi_mel_banks_loop(num_bins, window_length_padded, sample_freq, low_freq, high_freq)
-            return torch.tensor(banks, dtype=torch.float32), None
+            return torch.tensor(banks, dtype=torch.get_default_dtype()), None
 
         kaldi = types.ModuleType("torchaudio.compliance.kaldi")
         kaldi.get_mel_banks = get_mel_banks

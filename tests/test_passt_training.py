@@ -106,7 +106,7 @@ def test_passt_run_resumes_exactly(straight, data_root, tmp_path):
 
 
 def test_unknown_frontend_is_refused():
-    with pytest.raises(ValueError, match=r"unknown frontend 'pst'; known: \['logmel', 'passt'\]"):
+    with pytest.raises(ValueError, match=r"unknown frontend 'pst'; known: \['cpjku', 'dcase2024', 'logmel', 'passt'\]"):
         dataclasses.replace(Config(), frontend="pst")
 
 

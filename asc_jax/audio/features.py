@@ -2,7 +2,9 @@
 
 Matches `librosa.feature.melspectrogram(center=True, pad_mode="constant", power=2)` with
 `log(mel + floor)` on top (the CPJKU/DCASE2024 recipe: 32 kHz, window 3072, hop 512,
-n_fft 4096, 256 mel bins). The mel matrix comes from `librosa.filters.mel` so the filterbank
+n_fft 4096, 256 mel bins). With ``htk=True, norm=None, pad_mode="reflect"`` it is
+torchaudio's `MelSpectrogram` (periodic Hann window, HTK mel scale, unnormalised triangles,
+reflect padding), the DCASE2024 baseline's frontend ("dcase2024" in `asc_jax.audio.frontends`). The mel matrix comes from `librosa.filters.mel` so the filterbank
 is byte-for-byte the reference one. The STFT (`stft_power`, shared with the PaSST frontend) is
 a static gather of frames + `jnp.fft.rfft` rather than `jax.scipy.signal.stft`: both run on the
 device and agree to 3e-7 of the peak power (tests/test_features.py), but the library computed the
@@ -24,6 +26,8 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class MelConfig:
     sample_rate: int = 32_000  # Hz; audio is resampled to this rate when it is loaded.
+    # How: "soxr" or "torchaudio" (torchaudio.transforms.Resample's default; asc_jax.audio.resample).
+    resampler: str = "soxr"
     n_fft: int = 4096  # FFT size; the window is zero-padded to it (centred), as librosa does.
     win_length: int = 3072  # Hann window length in samples.
     hop_length: int = 512  # Frame hop in samples: 1 s at 32 kHz -> 63 frames with centring.
@@ -33,6 +37,13 @@ class MelConfig:
     htk: bool = False  # librosa's default Slaney mel scale unless True.
     norm: str | None = "slaney"  # librosa's filter normalisation.
     log_floor: float = 1e-5  # log(mel + floor), as in the CPJKU baseline code.
+    # How the signal is extended by n_fft // 2 at both ends: "constant" (zeros, librosa
+    # pad_mode="constant") or "reflect" (torch.stft / torchaudio.transforms.Spectrogram).
+    pad_mode: str = "constant"
+
+    def __post_init__(self):
+        if self.pad_mode not in ("constant", "reflect"):
+            raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {self.pad_mode!r}")
 
     def n_frames(self, n_samples: int) -> int:
         """Frame count of a centred STFT over `n_samples` samples."""
@@ -86,7 +97,7 @@ def stft_power(wave: jax.Array, window: np.ndarray, hop_length: int, pad_mode: s
 
 def power_spectrogram(wave: jax.Array, cfg: MelConfig) -> jax.Array:
     """|STFT|^2 of a (..., n_samples) batch -> (..., n_frames, n_fft // 2 + 1)."""
-    return stft_power(wave, _padded_window(cfg), cfg.hop_length, pad_mode="constant")
+    return stft_power(wave, _padded_window(cfg), cfg.hop_length, pad_mode=cfg.pad_mode)
 
 
 def mel_spectrogram(wave: jax.Array, cfg: MelConfig) -> jax.Array:

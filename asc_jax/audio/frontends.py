@@ -1,12 +1,25 @@
 """Frontends: the waveform -> features function a model is trained on, named in its model.json.
 
-Two are registered: "logmel", the students' log-mel of `asc_jax.audio.features` (settings: a
-`MelConfig`), and "passt", PaSST's own log-mel (128 Kaldi mel bins, normalised; settings: a
-`PaSSTFrontendConfig`). A training config chooses one (`Config.frontend`, its settings in the
-section `CONFIG_SECTIONS` names; `of_config`); training writes it to model.json as
-{"frontend": {"name", "options"}}, and `frontend_of(spec)` rebuilds it from there, so that every
-saved model predicts with its own frontend and no caller passes one by hand
-(`asc_jax.inference.load`).
+Each registered frontend is a preset of one of two settings classes:
+
+  name         settings               preset
+  "logmel"     `MelConfig`            the students' log-mel trained here (hop 512, Slaney mels)
+  "dcase2024"  `MelConfig`            the DCASE2024 baseline's torchaudio MelSpectrogram (hop
+                                      500, HTK mels, no filter normalisation, reflect padding,
+                                      log(x + 1e-5)), audio resampled as torchaudio does
+  "passt"      `PaSSTFrontendConfig`  PaSST's AugmentMelSTFT (128 Kaldi mels, hop 320, normalised)
+  "cpjku"      `PaSSTFrontendConfig`  the CPJKU DCASE2023 students' AugmentMelSTFT (256 Kaldi
+                                      mels, window 3072, n_fft 4096, hop 500: 64 frames per 1 s)
+
+The settings say how audio reaches the frontend's rate too (``resampler``,
+`asc_jax.audio.resample`), so a converted PyTorch model is fed what its original was.
+
+A training config chooses one (`Config.frontend`); its settings section (`CONFIG_SECTIONS`)
+holds changes relative to the settings class's defaults, applied on top of the preset
+(`of_config`; for "logmel" and "passt" the preset is the class default, so the section is the
+settings). Training writes the resolved frontend to model.json as {"frontend": {"name",
+"options"}} (every field), and `frontend_of(spec)` rebuilds it from there, so that every saved
+model predicts with its own frontend and no caller passes one by hand (`asc_jax.inference.load`).
 """
 from __future__ import annotations
 
@@ -19,7 +32,8 @@ import jax
 
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig, log_mel
-from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
+from asc_jax.audio.passt_frontend import CPJKU_STUDENT, PaSSTFrontendConfig, passt_logmel, passt_logmel_train
+from asc_jax.audio.resample import RESAMPLERS
 from asc_jax.registry import Registry
 
 
@@ -35,6 +49,9 @@ class Frontend:
       features: ``wave (B, n_samples) -> (B, n_mels, n_frames)``, traceable.
       from_log_mel: maps a value in natural log-mel units (``log(mel + floor)``, in which the
         stored ``freq_mask.mask_value`` is expressed) to this frontend's feature units.
+      resampler: how audio of another rate is brought to ``sample_rate`` (`RESAMPLERS`).
+      train_features: ``(wave, key) -> features`` in training, when the frontend draws its own
+        augmentation (the Kaldi-mel fmin/fmax jitter); None: training uses ``features``.
     """
 
     name: str
@@ -43,6 +60,17 @@ class Frontend:
     n_mels: int
     features: Callable[[jax.Array], jax.Array]
     from_log_mel: Callable[[float], float]
+    resampler: str = "soxr"
+    train_features: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+
+    def __post_init__(self):
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f"frontend {self.name!r}: unknown resampler {self.resampler!r}; "
+                             f"known: {RESAMPLERS}")
+
+    def training_features(self, wave: jax.Array, key: jax.Array) -> jax.Array:
+        """The features a train step computes (`train_features` if any, with ``key``)."""
+        return self.features(wave) if self.train_features is None else self.train_features(wave, key)
 
     def describe(self) -> dict:
         return {"name": self.name, "options": dict(self.options)}
@@ -51,24 +79,45 @@ class Frontend:
 FRONTENDS: Registry[Callable[[Mapping[str, Any]], Frontend]] = Registry("frontend")
 
 
-def logmel(cfg: MelConfig) -> Frontend:
-    """The log-mel frontend of the models trained here (`features.log_mel` with `cfg`)."""
-    return Frontend("logmel", dataclasses.asdict(cfg), cfg.sample_rate, cfg.n_mels,
-                    functools.partial(log_mel, cfg=cfg), lambda v: v)
+def logmel(cfg: MelConfig, name: str = "logmel") -> Frontend:
+    """A `features.log_mel` frontend with settings `cfg` (the models trained here: "logmel")."""
+    return Frontend(name, dataclasses.asdict(cfg), cfg.sample_rate, cfg.n_mels,
+                    functools.partial(log_mel, cfg=cfg), lambda v: v, resampler=cfg.resampler)
 
 
-@FRONTENDS.register("logmel")
-def _logmel_frontend(options: Mapping[str, Any]) -> Frontend:
-    return logmel(MelConfig(**options))
-
-
-@FRONTENDS.register("passt")
-def _passt_frontend(options: Mapping[str, Any]) -> Frontend:
-    cfg = PaSSTFrontendConfig(**options)
-    # hear21passt's AugmentMelSTFT masks log(mel + 1e-5) *before* its (x + 4.5) / 5 normalisation
+def kaldi_logmel(cfg: PaSSTFrontendConfig, name: str = "passt") -> Frontend:
+    """An AugmentMelSTFT frontend (`passt_frontend.passt_logmel`) with settings `cfg`."""
+    # AugmentMelSTFT masks log(mel + 1e-5) *before* its (x + 4.5) / 5 normalisation
     # (passt_frontend.passt_logmel), so a band masked to v in log-mel units reads (v + 4.5) / 5.
-    return Frontend("passt", dataclasses.asdict(cfg), cfg.sample_rate, cfg.n_mels,
-                    functools.partial(passt_logmel, config=cfg), lambda v: (v + 4.5) / 5.0)
+    return Frontend(name, dataclasses.asdict(cfg), cfg.sample_rate, cfg.n_mels,
+                    functools.partial(passt_logmel, config=cfg), lambda v: (v + 4.5) / 5.0,
+                    resampler=cfg.resampler,
+                    train_features=(functools.partial(passt_logmel_train, config=cfg)
+                                    if cfg.mel_jitter else None))
+
+
+# torchaudio.transforms.MelSpectrogram(sample_rate=32000, n_fft=4096, win_length=3072,
+# hop_length=500, n_mels=256) then log(x + 1e-5), behind torchaudio.transforms.Resample(44100,
+# 32000): CPJKU/dcase2024_task1_baseline run_training.py. 65 frames per 1-s clip.
+DCASE2024_BASELINE = MelConfig(hop_length=500, htk=True, norm=None, pad_mode="reflect",
+                               resampler="torchaudio")
+
+# name -> (settings class, preset, builder). `of_config` reads the settings class's defaults.
+PRESETS: Mapping[str, tuple[Any, Callable[[Any, str], Frontend]]] = {
+    "logmel": (MelConfig(), logmel),
+    "dcase2024": (DCASE2024_BASELINE, logmel),
+    "passt": (PaSSTFrontendConfig(), kaldi_logmel),
+    "cpjku": (CPJKU_STUDENT, kaldi_logmel),
+}
+
+
+def _register(name: str) -> None:
+    preset, build = PRESETS[name]
+    FRONTENDS.register(name)(lambda options: build(dataclasses.replace(preset, **options), name))
+
+
+for _name in PRESETS:
+    _register(_name)
 
 
 # Converted checkpoints carry no frontend description; these architectures imply one.
@@ -118,11 +167,15 @@ def recorded_frontend(spec: Mapping[str, Any], directory: str | Path) -> Fronten
 
 
 # The Config section (`asc_jax.config.Config` field) holding each frontend's settings.
-CONFIG_SECTIONS: Mapping[str, str] = {"logmel": "mel", "passt": "passt_frontend"}
+CONFIG_SECTIONS: Mapping[str, str] = {"logmel": "mel", "dcase2024": "mel", "passt": "passt_frontend",
+                                      "cpjku": "passt_frontend"}
 
 
 def of_config(config: Any) -> Frontend:
-    """The frontend a training config chooses: ``config.frontend`` with its section's settings.
+    """The frontend a training config chooses: ``config.frontend``'s preset, with the fields of
+    its section that differ from the settings class's defaults applied on top (so
+    ``frontend="cpjku"`` with ``--set passt_frontend.mel_jitter=True`` is the CPJKU frontend
+    with jitter; a field set back to its class default cannot override a preset's value).
 
     Raises:
       ValueError: naming the known frontends, for an unknown ``config.frontend``.
@@ -130,7 +183,10 @@ def of_config(config: Any) -> Frontend:
     if config.frontend not in CONFIG_SECTIONS:
         raise ValueError(f"unknown frontend {config.frontend!r}; known: {sorted(CONFIG_SECTIONS)}")
     section = getattr(config, CONFIG_SECTIONS[config.frontend])
-    return FRONTENDS.get(config.frontend)(dataclasses.asdict(section))
+    defaults = type(section)()
+    changed = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+               if getattr(section, f.name) != getattr(defaults, f.name)}
+    return FRONTENDS.get(config.frontend)(changed)
 
 
 def feature_augment(aug_cfg: augment.AugmentConfig, frontend: Frontend) -> augment.AugmentConfig:

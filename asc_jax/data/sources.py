@@ -47,6 +47,7 @@ class ClipSource:
         clip_seconds: float = 1.0,
         expected_sr: int | None = TAU_SAMPLE_RATE,
         cache: bool = True,
+        resampler: str = "soxr",
     ):
         self.clips = tuple(clips)
         self.root = Path(root)
@@ -55,13 +56,15 @@ class ClipSource:
         self.num_samples = round(clip_seconds * sr)
         self.expected_sr = expected_sr
         self.cache = cache
+        self.resampler = resampler  # `asc_jax.audio.resample`; the model's frontend names it
         self._audio: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __repr__(self) -> str:  # grain uses it to validate checkpoints
-        return f"ClipSource(root={str(self.root)!r}, n={len(self)}, sr={self.sr})"
+        return (f"ClipSource(root={str(self.root)!r}, n={len(self)}, sr={self.sr}, "
+                f"resampler={self.resampler!r})")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -73,7 +76,7 @@ class ClipSource:
         if cached is not None:
             return cached
         path = clip_path(self.root, self.clips[index])
-        audio = load_audio(path, self.sr, expected_sr=self.expected_sr)
+        audio = load_audio(path, self.sr, expected_sr=self.expected_sr, resampler=self.resampler)
         if audio.shape[0] != self.num_samples:
             raise BadClipError(path, f"{audio.shape[0]} samples at {self.sr} Hz, expected {self.num_samples}")
         audio.setflags(write=False)  # cached arrays are shared between epochs
@@ -145,6 +148,7 @@ class ClipSource:
             return self, skipped, n_multichannel
         keep = sorted(channels)
         good = ClipSource([self.clips[i] for i in keep], self.root, sr=self.sr, clip_seconds=self.clip_seconds,
+                          resampler=self.resampler,
                           expected_sr=self.expected_sr, cache=self.cache)
         good._audio = {new: self._audio[old] for new, old in enumerate(keep) if old in self._audio}
         return good, skipped, n_multichannel
@@ -195,13 +199,14 @@ def load_split_source(
     cache: bool = True,
     on_error: str = "raise",
     threads: int | None = None,
+    resampler: str = "soxr",
 ) -> SplitSource:
     """Reads a split's clips and checks every one up front (see the module docstring).
 
     Args:
       root: dataset root in TAU layout.
       split: '5' ... '100' or 'test'.
-      sr, clip_seconds, expected_sr, cache: as in `ClipSource`.
+      sr, clip_seconds, expected_sr, cache, resampler: as in `ClipSource`.
       on_error: "raise": the first bad clip raises its ClipError, naming the file (metadata,
         existence and headers are checked here; a clip whose data cannot be decoded raises
         when it is read). "skip": every per-clip failure (metadata row, missing file,
@@ -218,7 +223,8 @@ def load_split_source(
         clips, bad_meta = tau.load_split(root, split, on_error="skip", report=False)
     else:
         clips, bad_meta = tau.load_split(root, split, on_error=on_error), []
-    source = ClipSource(clips, root, sr=sr, clip_seconds=clip_seconds, expected_sr=expected_sr, cache=cache)
+    source = ClipSource(clips, root, sr=sr, clip_seconds=clip_seconds, expected_sr=expected_sr, cache=cache,
+                        resampler=resampler)
     source, bad_audio, n_multichannel = source.check(on_error=on_error, threads=threads)
     skipped = (*bad_meta, *bad_audio)
     if skipped:

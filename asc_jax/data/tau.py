@@ -25,7 +25,8 @@ from typing import Literal, Sequence, overload
 
 import numpy as np
 import soundfile as sf
-import soxr
+
+from asc_jax.audio.resample import resample
 
 log = logging.getLogger(__name__)
 
@@ -335,15 +336,18 @@ def load_audio(
     *,
     expected_sr: int | None = TAU_SAMPLE_RATE,
     expected_duration: float | None = None,
+    resampler: str = "soxr",
 ) -> np.ndarray:
     """Reads an audio file as a mono float32 waveform at target_sr.
 
     Args:
       path: audio file.
-      target_sr: output sample rate; resampled with soxr (high quality) when it differs.
+      target_sr: output sample rate; resampled with `resampler` when it differs.
       expected_sr: the file's required sample rate (None: accept any).
       expected_duration: required duration in seconds, checked exactly in file samples
         (a truncated file still decodes, so this is the only way to notice it).
+      resampler: "soxr" (high quality) or "torchaudio" (its default sinc resampler, for models
+        trained on it; `asc_jax.audio.resample`).
 
     Returns:
       float32 array of shape (n,), channels averaged.
@@ -363,6 +367,5 @@ def load_audio(
     if not np.all(np.isfinite(audio)):
         raise BadClipError(path, "audio contains NaN or Inf")
     mono = audio.mean(axis=1)
-    if sr != target_sr:
-        mono = soxr.resample(mono, sr, target_sr, quality="HQ")
+    mono = resample(mono, sr, target_sr, resampler)
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -35,7 +35,8 @@ def calibration_mels(data_root: str | Path, split: str, frontend: Frontend, *, n
     """Features (the model's frontend) of `n` clips drawn (seeded) from a split, for `calibrate`."""
     clips = tau.load_split(data_root, split)
     pick = np.sort(np.random.default_rng(seed).choice(len(clips), min(n, len(clips)), replace=False))
-    source = sources.ClipSource([clips[i] for i in pick], data_root, sr=frontend.sample_rate, cache=False)
+    source = sources.ClipSource([clips[i] for i in pick], data_root, sr=frontend.sample_rate,
+                                 resampler=frontend.resampler, cache=False)
     return inference.predict(jax.jit(frontend.features), source, batch_size)
 
 
@@ -84,14 +85,16 @@ def evaluate_quantized(model_dir: str | Path, data_root: str | Path, split: str 
     models = {"int8": quantize(model, ranges, cfg)}
     fns = {"float": saved.fn, "int8": inference.model_fn(models["int8"], frontend.features)}
     if qat is not None:
-        train = sources.load_split_source(data_root, qat.train_split, sr=frontend.sample_rate)
+        train = sources.load_split_source(data_root, qat.train_split, sr=frontend.sample_rate,
+                                          resampler=frontend.resampler)
         fake_quant, history = finetune_qat(model, ranges, train.source, frontend, cfg, qat, seed=seed)
         models["qat"] = convert_qat(fake_quant)
         fns["qat"] = inference.model_fn(models["qat"], frontend.features)
         fns["fake_quant"] = inference.model_fn(fake_quant, frontend.features)
 
     clips = tau.load_split(data_root, split)
-    source = sources.ClipSource(clips, data_root, sr=frontend.sample_rate, cache=False)
+    source = sources.ClipSource(clips, data_root, sr=frontend.sample_rate,
+                                 resampler=frontend.resampler, cache=False)
     logits = inference.predict(lambda audio: {form: fn(audio) for form, fn in fns.items()}, source, batch_size)
     labels, devices = np.array([c.label for c in clips]), [c.device for c in clips]
 

@@ -19,6 +19,10 @@ from asc_jax.train.state import TrainState
 
 Batch = dict[str, Any]
 
+# The step key's stream for the frontend's own training-time draw (the Kaldi-mel fmin/fmax
+# jitter); augmentation i of the AugmentConfig uses stream i, so this one stays clear of them.
+FRONTEND_STREAM = 0x7FFF_FFFF
+
 
 def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, dict]:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
@@ -54,7 +58,7 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(key, state.step)
-        mel = frontend.features(batch["audio"])
+        mel = frontend.training_features(batch["audio"], jax.random.fold_in(step_key, FRONTEND_STREAM))
         mel, _ = augment.augment_batch(step_key, mel, aug_cfg, params=_mel_replay(batch))
 
         def objective(params, batch_stats):
