@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import typing
 import importlib.util
 import json
 from pathlib import Path
@@ -215,8 +216,21 @@ def _replace(node: Any, keys: list[str], value: Any, full: str) -> Any:
         raise KeyError(f"override {full!r}: {type(node).__name__} has no field {key!r}; "
                        f"fields: {', '.join(fields)}")
     if rest:
-        return dataclasses.replace(node, **{key: _replace(getattr(node, key), rest, value, full)})
+        child = getattr(node, key)
+        if child is None:  # a disabled optional section (augment.time_mask): enable its defaults
+            child = _optional_section(node, key, full)
+        return dataclasses.replace(node, **{key: _replace(child, rest, value, full)})
     return dataclasses.replace(node, **{key: _coerce(node, key, value, full)})
+
+
+def _optional_section(node: Any, key: str, full: str) -> Any:
+    """The default instance of field ``key``'s dataclass type (``X | None``), so that
+    ``--set augment.dir.folder=/irs`` enables a section that is None and sets one field."""
+    hint = typed.field_hints(type(node))[key]
+    classes = [t for t in typing.get_args(hint) if dataclasses.is_dataclass(t)]
+    if len(classes) != 1:
+        raise KeyError(f"override {full!r}: {key!r} is None and not an optional config section")
+    return classes[0]()
 
 
 def _coerce(node: Any, key: str, value: Any, full: str) -> Any:

@@ -126,6 +126,15 @@ def test_overrides_are_type_checked():
     assert override(config, "data.train_split=25").data.train_split == "25"
 
 
+def test_overrides_enable_a_disabled_section_with_its_defaults():
+    config = load_config(f"{CONFIGS / 'demo.py'}")
+    assert config.augment.dir is None and config.augment.time_mask is None
+    dir_cfg = override(config, "augment.dir.folder=/irs").augment.dir
+    assert (dir_cfg.folder, dir_cfg.p, dir_cfg.devices) == ("/irs", 0.6, ("a",))
+    assert override(config, "augment.time_mask.mask_param=5").augment.time_mask.n_frames == 100
+    assert override(override(config, "augment.dir.folder=/irs"), "augment.dir=None").augment.dir is None
+
+
 def test_a_failed_start_leaves_no_config_behind(tiny_data, tmp_path):
     """A typo'd model name must not make the workdir refuse the corrected command."""
     typo = dataclasses.replace(_config(tiny_data), model=ModelConfig(name="rep_mobil", options=SMALL_MODEL))

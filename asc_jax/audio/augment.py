@@ -1,5 +1,5 @@
-"""Pure-JAX data augmentations with storable parameters: waveform roll, frequency masking,
-Freq-MixStyle.
+"""Data augmentations with storable parameters: device impulse responses (DIR), waveform roll,
+frequency and time masking, Freq-MixStyle.
 
 Each augmentation is one frozen dataclass: its fields are its settings (what a config sets),
 and it carries
@@ -10,7 +10,12 @@ and it carries
   * ``sample(key, batch_size, sr) -> params``: a small pytree of per-example arrays (leading
     axis = batch) that can be written to disk; ``sr`` is the sample rate of the waveform the
     batch comes from (the roll counts its shift in samples of it);
-  * ``apply(x, params) -> x``: deterministic given ``params``.
+  * ``apply(x, params) -> x``: deterministic given ``params``;
+  * ``host_only``: True when the op needs data that lives on the host (DIR reads its IR wavs):
+    it runs only in the grain pipeline and in teacher precompute, on NumPy arrays, and the
+    device-side functions (``augment_batch``, ``apply_augment``) refuse a config enabling it.
+    Its draw depends on the clip (its recording device), not only on a key, so its ``sample``
+    and ``apply`` take more (see ``DIRConfig``).
 
 The split exists for knowledge distillation: teacher logits are precomputed offline under
 sampled augmentation parameters (see ``asc_jax.distill``), and the student is later fed exactly
@@ -18,23 +23,30 @@ the same augmented input by replaying those parameters.
 
 ``AugmentConfig`` is the table of augmentations by name: one optional field per augmentation
 (field name = name in stores and ``--set augment.<name>...``; None disables it), in application
-order. Adding an augmentation is one class here and one field there; ``augment_batch``,
+order (except DIR, below). Adding an augmentation is one class here and one field there; ``augment_batch``,
 ``apply_augment``, ``example_sampler`` and the dict round trip read the table generically.
 
-Order follows the CPJKU DCASE pipeline: roll the waveform, compute the log-mel, mask a frequency
-band (torchaudio ``FrequencyMasking`` inside the mel frontend), then Freq-MixStyle. The roll
-runs on the host in the grain pipeline (``asc_jax.data.pipeline``), overlapping the device's
-step, with the same ``RollConfig``: its bound, its draw and its op are defined once, here.
+Order follows the CPJKU DCASE pipeline: convolve with a device IR (DIR), roll the waveform,
+compute the log-mel, mask a frequency band (torchaudio ``FrequencyMasking`` inside the mel
+frontend), then Freq-MixStyle. DIR and the roll run on the host in the grain pipeline
+(``asc_jax.data.pipeline``), overlapping the device's step, with the same ``DIRConfig`` /
+``RollConfig``: their bounds, draws and ops are defined once, here. DIR comes first in
+application although it is the last field (a field appended keeps the others' PRNG keys, see
+``AugmentConfig``): being host-only, it never runs in the generic loops, and the two places that
+apply it, the pipeline and teacher precompute, do so before the roll.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from asc_jax import typed
+from asc_jax.audio import impulse
 
 Params = dict[str, Any]
 
@@ -71,6 +83,7 @@ class RollConfig:
 
     stage: ClassVar[str] = "wave"
     per_clip: ClassVar[bool] = True
+    host_only: ClassVar[bool] = False
     max_shift_s: float = 0.125  # largest |shift| in seconds (CPJKU: roll=4000 samples at 32 kHz)
 
     def max_shift(self, sr: int) -> int:
@@ -150,6 +163,7 @@ class FreqMaskConfig:
 
     stage: ClassVar[str] = "mel"
     per_clip: ClassVar[bool] = True
+    host_only: ClassVar[bool] = False
     mask_param: int = 48  # torchaudio mask_param: width = floor(U[0, mask_param)) bins
     # Mel resolution the bands are drawn in (recorded in the params, so a frontend of another
     # resolution converts them, `freq_mask_edges`, instead of misplacing them).
@@ -182,6 +196,7 @@ class TimeMaskConfig:
 
     stage: ClassVar[str] = "mel"
     per_clip: ClassVar[bool] = True
+    host_only: ClassVar[bool] = False
     mask_param: int = 20  # width = floor(U[0, mask_param)) frames (CPJKU's PaSST recipe: 20)
     n_frames: int = 100  # frames per clip the span is drawn on (PaSST: 100 per 1-s clip)
     mask_value: float = 0.0  # in log-mel units, like FreqMaskConfig.mask_value
@@ -207,6 +222,7 @@ class MixStyleConfig:
 
     stage: ClassVar[str] = "mel"
     per_clip: ClassVar[bool] = False  # the partner index couples the batch
+    host_only: ClassVar[bool] = False
     alpha: float = 0.3  # Beta(alpha, alpha) for the mixing weight lambda
     p: float = 0.7  # probability of applying MixStyle
     eps: float = 1e-6  # added to the variance before the square root (reference value)
@@ -253,6 +269,89 @@ class MixStyleConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# Device impulse responses (DIR)
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DIRConfig:
+    """Device impulse-response augmentation (Morocutti et al. 2023, "Device-robust acoustic scene
+    classification via impulse response augmentation"; the CPJKU DCASE2023 system, p = 0.6).
+
+    Each training clip recorded by one of ``devices`` (TAU's reference device "a" by default)
+    is, with probability ``p``, convolved with an IR drawn uniformly from the wavs of ``folder``:
+    ``x <- (x * ir)[:len(x)]``, the 'full' convolution cut to the clip (``impulse.convolve_ir``;
+    CPJKU: ``scipy.signal.convolve(x, ir, 'full')[:len(x)]``). It simulates recording the clip
+    with another device, so that the many device-"a" clips teach device invariance. As in the
+    CPJKU pipeline (DIR dataset wrapper inside the roll), it is applied before the roll.
+
+    Params per clip: {"ir": int32 index into the folder's sorted IRs, -1 = not applied}. The
+    decision (device, coin) and the pick are one draw, ``sample`` (stores, per-clip JAX keys) or
+    ``sample_host`` (the grain pipeline's per-element generator), of one distribution; ``apply``
+    is the one op, whether the index was drawn now or replayed from a teacher store.
+    """
+
+    stage: ClassVar[str] = "wave"
+    per_clip: ClassVar[bool] = True
+    host_only: ClassVar[bool] = True  # needs the IR wavs: grain pipeline and precompute only
+    folder: str = ""  # folder of IR wavs at the pipeline's sample rate (required when enabled)
+    p: float = 0.6  # probability of convolving an eligible clip (CPJKU DCASE2023: 0.6)
+    devices: tuple[str, ...] = ("a",)  # devices whose clips are convolved (filename's last field)
+
+    def __post_init__(self):
+        if not isinstance(self.devices, tuple) or not all(isinstance(d, str) for d in self.devices):
+            raise TypeError(f"DIRConfig.devices must be a tuple of device names, got {self.devices!r}")
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"DIRConfig.p must lie in [0, 1], got {self.p}")
+
+    def load(self, sr: int) -> impulse.IRBank:
+        """The IRs of ``folder`` at ``sr`` Hz, checked (``impulse.load_irs``)."""
+        return impulse.load_irs(self.folder, sr)
+
+    def applies_to(self, device: str) -> bool:
+        """Whether clips of ``device`` may be convolved."""
+        return device in self.devices
+
+    def sample(self, key: jax.Array, eligible: jax.Array, n_irs: int) -> Params:
+        """IR indices of a batch from one key (teacher stores draw per clip, ``example_sampler``).
+
+        Args:
+          eligible: bool (B,), ``applies_to`` of each clip's device.
+          n_irs: how many IRs the folder holds.
+
+        Returns:
+          {"ir": int32 (B,)}: a uniform pick where an eligible clip's coin is below ``p``, else -1.
+        """
+        k_coin, k_pick = jax.random.split(key)
+        coin = jax.random.uniform(k_coin, eligible.shape) < self.p
+        pick = jax.random.randint(k_pick, eligible.shape, 0, n_irs, jnp.int32)
+        return {"ir": jnp.where(eligible & coin, pick, -1).astype(jnp.int32)}
+
+    def sample_host(self, rng: np.random.Generator, device: str, n_irs: int) -> int:
+        """One clip's IR index on the host (the grain pipeline's generator): ``sample``'s
+        distribution. A clip of another device draws nothing."""
+        if not self.applies_to(device) or rng.random() >= self.p:
+            return -1
+        return int(rng.integers(n_irs))
+
+    def apply(self, wave: np.ndarray, params: Params, irs: impulse.IRBank) -> np.ndarray:
+        """Convolve each clip with its IR (``params["ir"]``; -1 leaves it as it is, bit for bit).
+
+        Args:
+          wave: (n,) clip with a scalar index, or (B, n) clips with (B,) indices, on the host.
+          irs: the bank the indices point into (``load``).
+
+        Returns:
+          float32 waveform(s) of ``wave``'s shape (``wave`` itself where nothing is convolved).
+        """
+        index = np.asarray(params["ir"])
+        if wave.ndim == 1:
+            return wave if index < 0 else impulse.convolve_ir(wave, irs.ir(int(index)))
+        out = np.array(wave, np.float32)
+        for b in np.flatnonzero(index >= 0):
+            out[b] = impulse.convolve_ir(wave[b], irs.ir(int(index[b])))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Composition
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +368,9 @@ class AugmentConfig:
     # the others (field index): it runs after Freq-MixStyle, whose per-frequency statistics over
     # time therefore see the unmasked clip.
     time_mask: TimeMaskConfig | None = None
+    # Device impulse responses (off by default: it needs a folder of IR wavs). Last for the same
+    # reason; it is applied first, before the roll, by the host pipeline (module docstring).
+    dir: DIRConfig | None = None
 
 
 def augmentation_types() -> dict[str, type]:
@@ -291,6 +393,15 @@ def enabled(cfg: AugmentConfig) -> list[tuple[int, str, Any]]:
     """
     return [(i, f.name, getattr(cfg, f.name)) for i, f in enumerate(dataclasses.fields(cfg))
             if getattr(cfg, f.name) is not None]
+
+
+def _refuse_host_only(cfg: AugmentConfig, what: str) -> None:
+    host = [name for _, name, op in enabled(cfg) if op.host_only]
+    if host:
+        raise ValueError(
+            f"{what} runs on device, but augmentations {host} run on the host (they read files: "
+            "the IR wavs), in the grain pipeline and in teacher precompute; apply them there and "
+            f"pass this config with them disabled: dataclasses.replace(cfg, {host[0]}=None)")
 
 
 def _stage_of(x) -> str:
@@ -324,6 +435,7 @@ def augment_batch(
     Returns:
       (augmented batch, {name: params used}) for the augmentations of this stage.
     """
+    _refuse_host_only(cfg, "augment_batch")
     stage = _stage_of(x)
     params = params or {}
     used = {}
@@ -341,6 +453,7 @@ def augment_batch(
 def apply_augment(x: jax.Array, params: Params, cfg: AugmentConfig) -> jax.Array:
     """Replay stored parameters: apply every enabled augmentation of ``x``'s stage, each of which
     must have its parameters in ``params`` (a missing one is an error, never sampled)."""
+    _refuse_host_only(cfg, "apply_augment")
     stage = _stage_of(x)
     for _, name, op in enabled(cfg):
         if op.stage != stage:
@@ -351,16 +464,29 @@ def apply_augment(x: jax.Array, params: Params, cfg: AugmentConfig) -> jax.Array
     return x
 
 
-def example_sampler(cfg: AugmentConfig, sr: int) -> Callable[[jax.Array], Params]:
-    """Per-clip sampler for a teacher-logit store: ``keys (B,) -> {name: params (B, ...)}``.
+def example_sampler(cfg: AugmentConfig, sr: int, *, n_irs: int | None = None
+                    ) -> Callable[..., Params]:
+    """Per-clip sampler for a teacher-logit store: ``sample(keys (B,), devices=None) ->
+    {name: params (B, ...)}``.
 
-    Each example's parameters depend only on its own key, so a store can derive the key from
-    (seed, clip index, view) and be reproducible whatever the batching. Covers both stages;
+    Each example's parameters depend only on its own key (and, for DIR, its device), so a store
+    can derive the key from (seed, clip index, view) and be reproducible whatever the batching.
+    Augmentation ``i`` uses ``fold_in(key, i)``, as in ``augment_batch``. Covers both stages;
     ``sr`` is the sample rate of the stored clips.
+
+    Args:
+      cfg: the store's augmentations.
+      sr: sample rate of the stored clips.
+      n_irs: the number of IRs in DIR's folder; required when ``cfg.dir`` is enabled.
+
+    Returns:
+      ``sample(keys, devices)``: ``devices`` holds each clip's recording device (``Clip.device``),
+      required when DIR is enabled (it convolves only some devices' clips).
 
     Raises:
       ValueError: if ``cfg`` enables an augmentation whose parameters couple the batch
         (MixStyle): disable it in the store's config and let student training apply it fresh.
+        Also for DIR without ``n_irs`` (and, from ``sample``, without ``devices``).
     """
     ops = enabled(cfg)
     coupled = [name for _, name, op in ops if not op.per_clip]
@@ -369,14 +495,29 @@ def example_sampler(cfg: AugmentConfig, sr: int) -> Callable[[jax.Array], Params
             f"augmentations {coupled} couple the examples of a batch and cannot be stored per "
             "clip; set them to None in the store's AugmentConfig (apply them fresh in training)"
         )
+    host = [(name, op) for _, name, op in ops if op.host_only]
+    if host and not n_irs:
+        raise ValueError(f"sampling {[name for name, _ in host]} needs n_irs, the size of the IR folder")
 
-    def one(key):
-        return {
-            name: jax.tree.map(lambda a: a[0], op.sample(jax.random.fold_in(key, i), 1, sr))
-            for i, name, op in ops
-        }
+    def one(key, eligible):
+        out = {}
+        for i, name, op in ops:
+            k = jax.random.fold_in(key, i)
+            params = op.sample(k, eligible[name][None], n_irs) if op.host_only else op.sample(k, 1, sr)
+            out[name] = jax.tree.map(lambda a: a[0], params)
+        return out
 
-    return jax.jit(jax.vmap(one))
+    batched = jax.jit(jax.vmap(one))
+
+    def sample(keys: jax.Array, devices: Sequence[str] | None = None) -> Params:
+        if host and devices is None:
+            raise ValueError(f"sampling {[name for name, _ in host]} needs each clip's device (devices=)")
+        if devices is not None and len(devices) != len(keys):
+            raise ValueError(f"{len(devices)} devices for {len(keys)} keys")
+        eligible = {name: np.array([op.applies_to(d) for d in devices], bool) for name, op in host}
+        return batched(keys, eligible)
+
+    return sample
 
 
 def config_to_dict(cfg: AugmentConfig) -> dict:
@@ -390,5 +531,6 @@ def config_from_dict(d: dict) -> AugmentConfig:
     unknown = set(d) - set(types)
     if unknown:
         raise ValueError(f"unknown augmentations {sorted(unknown)}; known: {sorted(types)}")
-    return AugmentConfig(**{name: None if d.get(name) is None else cls(**d[name])
+    # Type-checked like a config override: JSON gives lists where the classes hold tuples.
+    return AugmentConfig(**{name: None if d.get(name) is None else typed.make(cls, d[name], f"{name} field")
                             for name, cls in types.items()})

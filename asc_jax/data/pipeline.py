@@ -1,15 +1,16 @@
-"""Waveform input pipeline on grain: clips -> shuffled, rolled, batched numpy dicts.
+"""Waveform input pipeline on grain: clips -> shuffled, augmented, batched numpy dicts.
 
 Training (DESIGN rule 9):
 
   MapDataset.source(ClipSource).seed(seed).shuffle().repeat(num_epochs)
-    .random_map(AttachExtra)?.random_map(RollWaveform).batch(B, drop_remainder=True)
+    .random_map(AttachExtra)?.random_map(WaveAugment).batch(B, drop_remainder=True)
     .to_iter_dataset(ReadOptions)  [.mp_prefetch(MultiprocessingOptions)]
 
 yields {"audio": (B, T) float32, "label": (B,) int32, "index": (B,) int32, "roll": (B,) int32}
-plus any extra fields. `index` is the clip's position in the split's clip list, so per-clip
-data stored elsewhere (teacher logits) can be attached later; `roll` is the circular shift
-applied, in samples. Random transforms are seeded per element index, so
+plus "dir": (B,) int32 when DIR is enabled, plus any extra fields. `index` is the clip's
+position in the split's clip list, so per-clip data stored elsewhere (teacher logits) can be
+attached later; `roll` is the circular shift applied, in samples; `dir` the index of the device
+IR the clip was convolved with (-1: none). Random transforms are seeded per element index, so
 `iter(ds).get_state()` / `set_state()` resume the stream exactly; store the state in the
 checkpoint.
 
@@ -21,7 +22,7 @@ Both read a `asc_jax.data.sources.ClipSource` (decoding, resampling, cache, up-f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -29,7 +30,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from asc_jax.audio import augment
+from asc_jax.audio import augment, impulse
 from asc_jax.data.sources import ClipSource
 from asc_jax.data.tau import Clip
 
@@ -38,30 +39,54 @@ from asc_jax.data.tau import Clip
 # Leaves must have the same shape for every index (they are stacked into the batch). rng is
 # the element's own generator, for random choices (e.g. one of several stored views) that
 # must stay reproducible on resume. With worker_count > 0 it must pickle (no lambdas).
-# When the extras carry a stored roll ({"aug": {"roll": {"shift"}}}, a teacher store's view),
-# RollWaveform applies that shift instead of drawing one, so the student hears what the
-# teacher heard.
+# When the extras carry a stored roll ({"aug": {"roll": {"shift"}}}, a teacher store's view) or
+# a stored device IR ({"aug": {"dir": {"ir"}}}), WaveAugment applies those instead of drawing
+# them, so the student hears what the teacher heard.
 ExtraFn = Callable[[int, np.random.Generator], dict[str, Any]]
 
 BASE_KEYS = ("audio", "label", "index", "roll")
 
 @dataclass(frozen=True)
-class RollWaveform(grain.transforms.RandomMap):
-    """The waveform roll (`augment.RollConfig`: its bound, draw and op) of one clip at `sr` Hz;
-    `roll` None rolls by 0 (unless a store gives the shift)."""
+class WaveAugment(grain.transforms.RandomMap):
+    """The waveform augmentations of one clip at `sr` Hz: device IR (`augment.DIRConfig`), then
+    the roll (`augment.RollConfig`); their draws and ops are the configs'. `roll` None rolls by 0
+    and `dir` None convolves nothing, unless a teacher store gives the parameters.
+
+    One transform rather than two: grain seeds each random map by its place in the pipeline, so
+    a second map would change every roll of a stream. The roll is drawn first, so enabling DIR
+    leaves a seed's shifts as they were; DIR is applied first (CPJKU's order).
+
+    Attributes:
+      irs: the IR bank of `dir` at `sr` (`dir.load(sr)`), loaded once, pickled into workers.
+      devices: the recording device of each clip of the source, by record `index`.
+    """
 
     roll: augment.RollConfig | None
     sr: int
+    dir: augment.DIRConfig | None = None
+    irs: impulse.IRBank | None = None
+    devices: tuple[str, ...] = field(default=(), repr=False)  # one per clip: kept out of the repr
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        stored = element.get("aug", {}).get("roll")
-        # A teacher-logit store fixes the shift its teacher saw (attached by AttachExtra first).
-        if stored is not None:
-            shift = int(stored["shift"])
+        # A teacher-logit store fixes what its teacher saw (attached by AttachExtra first).
+        stored = element.get("aug", {})
+        if "roll" in stored:
+            shift = int(stored["roll"]["shift"])
         else:
             shift = 0 if self.roll is None else self.roll.sample_host(rng, self.sr)
-        audio = augment.roll_waveform(element["audio"], np.int64(shift))
-        return {**element, "audio": audio, "roll": np.int32(shift)}
+        audio, fields = element["audio"], {}
+        if "dir" in stored and self.dir is None:
+            raise ValueError(f"clip {int(element['index'])} carries a stored device-IR index (a teacher "
+                             "store's view) but this pipeline has no DIR (augment.dir is None)")
+        if self.dir is not None:
+            if "dir" in stored:
+                ir = int(stored["dir"]["ir"])
+            else:
+                ir = self.dir.sample_host(rng, self.devices[int(element["index"])], len(self.irs))
+            audio = self.dir.apply(audio, {"ir": ir}, self.irs)
+            fields["dir"] = np.int32(ir)
+        audio = augment.roll_waveform(audio, np.int64(shift))
+        return {**element, "audio": audio, "roll": np.int32(shift), **fields}
 
 @dataclass(frozen=True)
 class AttachExtra(grain.transforms.RandomMap):
@@ -122,6 +147,7 @@ def train_dataset(
     root: str | Path | None = None,
     sr: int = 32000,
     roll: augment.RollConfig | None = augment.RollConfig(),
+    dir: augment.DIRConfig | None = None,
     num_epochs: int | None = None,
     worker_count: int = 0,
     worker_buffer_size: int = 2,
@@ -139,6 +165,8 @@ def train_dataset(
       seed: seeds shuffling and every per-element random transform.
       sr: sample rate of the produced audio.
       roll: the waveform roll (DCASE baseline: up to 125 ms either way); None disables it.
+      dir: device impulse-response augmentation, applied before the roll; its IR folder is
+        read and checked here (`impulse.load_irs`, errors name the file). None disables it.
       num_epochs: None repeats forever; batches may span epoch boundaries.
       worker_count: >0 moves reading and augmentation into that many processes.
       worker_buffer_size: batches buffered per worker process.
@@ -160,7 +188,9 @@ def train_dataset(
     ds = ds.seed(seed).shuffle().repeat(num_epochs)
     if extra is not None:
         ds = ds.random_map(AttachExtra(extra))
-    ds = ds.random_map(RollWaveform(roll, sr))
+    irs = None if dir is None else dir.load(sr)
+    devices = () if dir is None else tuple(c.device for c in source.clips)
+    ds = ds.random_map(WaveAugment(roll, sr, dir, irs, devices))
     ds = ds.batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2))
     if worker_count > 0:

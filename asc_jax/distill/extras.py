@@ -7,11 +7,13 @@ replayed input). A store is only usable by a student whose ``config.augment`` eq
 (``check_augment``): the student would silently drop stored parameters its config disables, or
 sample fresh ones the teachers never saw for augmentations the store lacks. ``StoreExtras``
 refuses any other, so precompute a store from the student's own config file
-(``python -m asc_jax.distill precompute --config ...``).
+(``python -m asc_jax.distill precompute --config ...``). For device impulse responses the IRs
+themselves must be the store's (names and content, ``meta["dir_irs"]``), not the folder's path.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Mapping, Sequence
 
@@ -21,12 +23,19 @@ import numpy as np
 from asc_jax.audio import augment
 from asc_jax.distill.store import StoreError, TeacherStore, read_store, teacher_columns
 
+log = logging.getLogger(__name__)
+
 
 def store_augment(cfg: augment.AugmentConfig) -> augment.AugmentConfig:
     """The part of a training config's augmentation that a store samples and replays: ``cfg``
     with the augmentations that couple a batch (Freq-MixStyle) disabled."""
     return dataclasses.replace(cfg, **{f.name: None for f in dataclasses.fields(cfg)
                                        if not augment.per_clip(f.name)})
+
+
+# Settings compared by what they point to instead (check_augment): the IR folder's path may differ
+# between the store's machine and the student's; the IRs in it may not.
+_COMPARED_BY_CONTENT = {("dir", "folder")}
 
 
 def _describe_setting(sub: Any) -> str:
@@ -38,8 +47,9 @@ def augment_mismatch(stored: Mapping[str, Any], student: augment.AugmentConfig) 
 
     Every augmentation a store replays is compared field by field: the roll (its stored shift
     replaces the host's fresh roll, so its bound must be the student's; the sample rate it is
-    counted in is checked by ``check_augment``) and the frequency mask (bound, resolution and
-    mask value). Augmentations that couple a batch
+    counted in is checked by ``check_augment``), the frequency mask (bound, resolution and
+    mask value) and DIR (probability, devices; its folder is compared by content in
+    ``check_augment``, not by path). Augmentations that couple a batch
     (Freq-MixStyle) are never stored and are left out of the comparison.
 
     Args:
@@ -63,7 +73,7 @@ def augment_mismatch(stored: Mapping[str, Any], student: augment.AugmentConfig) 
             continue
         for sub in dataclasses.fields(want):
             a, b = getattr(have, sub.name), getattr(want, sub.name)
-            if a != b:
+            if a != b and (field.name, sub.name) not in _COMPARED_BY_CONTENT:
                 out.append(f"{field.name}.{sub.name}: store {a!r}, student {b!r}")
     return out
 
@@ -94,12 +104,26 @@ def check_augment(store: TeacherStore, student: augment.AugmentConfig, sample_ra
       store: the teacher-logit store.
       student: the student's ``config.augment``.
       sample_rate: the rate of the student's waveforms (``config.mel.sample_rate``): stored roll
-        shifts are counted in samples, so the store's clips must have had this rate.
+        shifts are counted in samples, and stored IR indices point into IRs at one rate, so the
+        store's clips must have had this rate.
     Raises:
       StoreError: naming every differing augmentation with the store's and the student's
-        setting (see ``augment_mismatch``), a roll counted at another (or an unrecorded)
-        sample rate, or a store whose parameter arrays disagree with its own header.
+        setting (see ``augment_mismatch``), a roll or DIR at another (or an unrecorded) sample
+        rate, a student IR folder whose IRs are not the store's, or a store whose parameter
+        arrays disagree with its own header.
+      impulse.IRError: the student's IR folder is bad (naming the file).
+
+    A store imported from logits computed elsewhere (``meta["import"]``, `distill.importing`)
+    replays nothing: its teacher's augmentation is unknown, so the student samples its own
+    fresh, and such a store must hold no parameters.
     """
+    if "import" in store.meta:
+        if store.aug:
+            raise StoreError(f"teacher store {store.path}: imported (meta['import']) but holds "
+                             f"augmentation parameters for {sorted(store.aug)}")
+        log.info("teacher store %s holds imported logits: it replays no augmentation, the student "
+                 "samples its own", store.path)
+        return
     recorded, rate = _recorded_augment(store)
     try:
         differences = augment_mismatch(recorded, student)
@@ -108,6 +132,11 @@ def check_augment(store: TeacherStore, student: augment.AugmentConfig, sample_ra
     if "roll" in store.aug and rate != sample_rate:
         differences.append(f"roll shifts counted at {rate} Hz (meta['data']['sample_rate']), "
                            f"the student's waveforms are at {sample_rate} Hz")
+    if "dir" in store.aug and rate != sample_rate:
+        differences.append(f"device IRs applied at {rate} Hz (meta['data']['sample_rate']), "
+                           f"the student's waveforms are at {sample_rate} Hz")
+    if not differences and "dir" in store.aug and student.dir is not None:
+        differences += _ir_mismatch(store, student.dir, sample_rate)
     if differences:
         raise StoreError(
             f"teacher store {store.path} was computed under other augmentations than the "
@@ -121,6 +150,26 @@ def check_augment(store: TeacherStore, student: augment.AugmentConfig, sample_ra
     if enabled != set(store.aug):
         raise StoreError(f"teacher store {store.path}: header augmentations {sorted(enabled)} but "
                          f"stored parameters for {sorted(store.aug)}")
+
+
+def _ir_mismatch(store: TeacherStore, student: augment.DIRConfig, sample_rate: int) -> list[str]:
+    """Why the student's IRs are not the ones the store's indices point into (empty if they are):
+    same file names in the same order and the same samples (``IRBank.identity``)."""
+    recorded = store.meta.get("dir_irs")
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return ["dir: the store records no IR set (meta['dir_irs']), so its IR indices cannot be "
+                "matched to the student's augment.dir.folder"]
+    mine = student.load(sample_rate).identity()
+    if (list(recorded.get("files", [])), recorded["sha256"]) == (mine["files"], mine["sha256"]):
+        return []
+    return [f"dir: the store's IRs ({_describe_irs(recorded)}) are not those of the student's augment.dir.folder "
+            f"{student.folder} ({_describe_irs(mine)})"]
+
+
+def _describe_irs(identity: Mapping[str, Any]) -> str:
+    files = list(identity.get("files", []))
+    shown = ", ".join(files[:5]) + (f", ... ({len(files)} files)" if len(files) > 5 else "")
+    return f"[{shown}], sha256 {str(identity.get('sha256'))[:12]}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,17 @@ is reproducible from the seed alone, whatever the batching. The clips and their 
 through the one batched-inference path, ``asc_jax.inference.predict`` (static batch shape, zero
 padding, masking), and each teacher replays the parameters on its own frontend
 (``teachers.make_apply``). The store is written atomically (``store.write_store``).
+
+Device impulse responses (``augment.DIRConfig``) are the exception to replay on device: their
+IRs are files on the host, so each view's IR index is drawn here with the clip's device (as the
+student's pipeline does) and applied to the batch on the host (``DIRConfig.apply``, the
+pipeline's op) before the teachers replay the rest, so the teachers hear DIR then the roll, the
+pipeline's order. The header records the IR set (``meta["dir_irs"]``: file names and a hash),
+which a student's IR folder must match.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -96,6 +104,7 @@ def precompute(
         rates, or no clips.
       StoreError: a teacher returning logits of the wrong shape or non-finite ones (naming the
         clip, view and teacher).
+      impulse.IRError: a bad IR folder of ``augment.dir`` (naming the file).
     """
     out = out if out is not None else config.kd.store
     if not out:
@@ -106,22 +115,29 @@ def precompute(
     aug_cfg = store_augment(config.augment)
     split = config.data.train_split
     loaded = _load_teachers(teachers)
-    rates = {t.name: t.frontend.sample_rate for t in loaded}
+    # One waveform batch feeds every teacher, so they must agree on how audio reaches it.
+    rates = {t.name: (t.frontend.sample_rate, t.frontend.resampler) for t in loaded}
     if len(set(rates.values())) != 1:
-        raise ValueError(f"teachers expect different sample rates: {rates}")
-    sr = loaded[0].frontend.sample_rate
+        raise ValueError(f"teachers expect different sample rates or resamplers: {rates}; "
+                         "precompute them into separate stores")
+    sr, resampler = rates[loaded[0].name]
 
     data_root = sources.dataset_root(config.data.root, generate=config.data.generate,
                                       synthetic_params=config.data.synthetic)
-    opened = sources.load_split_source(data_root, split, sr=sr, cache=False, on_error=config.data.on_error)
+    opened = sources.load_split_source(data_root, split, sr=sr, resampler=resampler, cache=False,
+                                       on_error=config.data.on_error)
     filenames = [c.filename for c in opened.source.clips]
     if not filenames:
         raise ValueError(f"precompute got no clips (split {split} under {data_root})")
-    fns = {t.name: make_apply(t, aug_cfg) for t in loaded}
+    irs = None if aug_cfg.dir is None else aug_cfg.dir.load(sr)
+    # DIR runs here on the host (_with_dir); the teachers replay the other augmentations.
+    fns = {t.name: make_apply(t, dataclasses.replace(aug_cfg, dir=None)) for t in loaded}
     names, n_classes = list(fns), len(tau.CLASSES)
     clips = np.arange(len(filenames))
-    sample = augment.example_sampler(aug_cfg, sr)  # roll shifts in samples at the clips' rate
-    views = [jax.tree.map(np.asarray, sample(view_keys(seed, clips, v))) for v in range(n_views)]
+    # Roll shifts in samples at the clips' rate; DIR indices depend on each clip's device.
+    sample = augment.example_sampler(aug_cfg, sr, n_irs=None if irs is None else len(irs))
+    devices = [c.device for c in opened.source.clips]
+    views = [jax.tree.map(np.asarray, sample(view_keys(seed, clips, v), devices)) for v in range(n_views)]
     aug_params = jax.tree.map(lambda *a: np.stack(a, axis=1), *views)  # leaves (N, V, ...)
     # "real" is False on predict's padding rows, so that only the clips' own logits are checked.
     rows = {"clip": clips, "real": np.ones(len(clips), bool), "aug": aug_params}
@@ -129,10 +145,12 @@ def precompute(
 
     def all_views(wave: jax.Array, batch: dict) -> np.ndarray:
         """(B, V, K, C) logits of one batch: every view, every teacher."""
-        batch_logits = np.stack([
-            np.stack([_teacher_logits(fns[name], name, wave, batch["aug"], view, n_classes) for name in names],
-                     axis=1)
-            for view in range(n_views)], axis=1)
+        per_view = []
+        for view in range(n_views):
+            heard = _with_dir(aug_cfg.dir, irs, wave, batch["aug"], view)
+            per_view.append(np.stack([_teacher_logits(fns[name], name, heard, batch["aug"], view, n_classes)
+                                      for name in names], axis=1))
+        batch_logits = np.stack(per_view, axis=1)
         real = np.asarray(batch["real"])
         require_finite(batch_logits[real], [filenames[i] for i in np.asarray(batch["clip"])[real]], names,
                        "precompute")
@@ -151,9 +169,19 @@ def precompute(
                  "on_error": config.data.on_error, "skipped": [s.filename for s in opened.skipped]},
         "seed": seed,
     }
+    if irs is not None:
+        meta["dir_irs"] = irs.identity()
     write_store(out, filenames=filenames, teacher_names=names, logits=logits, aug_params=aug_params,
                 class_names=tau.CLASSES, meta=meta, overwrite=overwrite)
     return read_store(out)
+
+
+def _with_dir(cfg: augment.DIRConfig | None, irs, wave, aug_params: dict, view: int):
+    """The batch convolved with view ``view``'s device IRs (unchanged without DIR). predict's
+    padding rows carry index 0 and silent audio, which stays silent."""
+    if cfg is None:
+        return wave
+    return cfg.apply(np.asarray(wave), {"ir": np.asarray(aug_params["dir"]["ir"])[:, view]}, irs)
 
 
 def _teacher_logits(fn: Callable, name: str, wave: jax.Array, aug_params: dict, view: int,

@@ -61,8 +61,9 @@ def finetune_qat(model: nnx.Module, ranges: Mapping[str, Any] | None, source: so
     tx = OptimConfig(lr=qat.lr, epochs=qat.epochs, warmup_epochs=0, batch_size=qat.batch_size).build(steps_per_epoch)
     graphdef, state = create_train_state(prepare_qat(model, ranges, cfg), tx)
     batches = iter(pipeline.train_dataset(source, batch_size=qat.batch_size, seed=seed, sr=source.sr,
-                                          roll=qat.augment.roll))
-    feature_aug = feature_augment(dataclasses.replace(qat.augment, roll=None), frontend)
+                                          roll=qat.augment.roll, dir=qat.augment.dir))
+    # The roll and DIR ran on the host.
+    feature_aug = feature_augment(dataclasses.replace(qat.augment, roll=None, dir=None), frontend)
     train_step = steps.make_train_step(graphdef, tx, frontend, feature_aug, steps.classification_loss,
                                        jax.random.key(seed))
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}

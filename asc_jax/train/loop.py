@@ -51,10 +51,10 @@ def prepare_data(config: Config) -> Data:
     clip is left out and reported once per split, as a count plus the first names)."""
     root = sources.dataset_root(config.data.root, generate=config.data.generate,
                                  synthetic_params=config.data.synthetic)
-    sr = frontends.of_config(config).sample_rate
+    frontend = frontends.of_config(config)
     train, evaluation = (
-        sources.load_split_source(root, split, sr=sr, cache=config.data.cache_audio,
-                                   on_error=config.data.on_error)
+        sources.load_split_source(root, split, sr=frontend.sample_rate, resampler=frontend.resampler,
+                                   cache=config.data.cache_audio, on_error=config.data.on_error)
         for split in (config.data.train_split, config.data.eval_split))
     return Data(root, train.clips, evaluation.clips, train.source, evaluation.source)
 
@@ -205,7 +205,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     dataset = pipeline.train_dataset(
         data.train_source, batch_size=parallel.per_process_batch_size(batch_size, mesh),
         seed=config.seed, sr=frontend.sample_rate, shard=(jax.process_index(), jax.process_count()),
-        roll=config.augment.roll,
+        roll=config.augment.roll, dir=config.augment.dir,
         worker_count=config.data.worker_count, extra=_teacher_extras(config, data))
     iterator = iter(dataset)
 
@@ -218,8 +218,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     record_config(workdir, recorded)
     tx = config.optim.build(steps_per_epoch)
     graphdef, state = create_train_state(model, tx)
-    # The roll ran on the host; the mask value is moved into the frontend's units.
-    feature_aug = frontends.feature_augment(dataclasses.replace(config.augment, roll=None), frontend)
+    # The device IR and the roll ran on the host; the mask value is moved into the frontend's units.
+    feature_aug = frontends.feature_augment(dataclasses.replace(config.augment, roll=None, dir=None), frontend)
     train_step = _explain_out_of_memory(
         steps.make_train_step(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
                               schedule=config.optim.schedule(steps_per_epoch)), config)
