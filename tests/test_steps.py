@@ -149,3 +149,29 @@ def test_eval_fn_uses_and_keeps_the_running_statistics():
                                rtol=1e-5, atol=1e-6)
     train_mode = nnx.jit(lambda m, x: m(x, train=True)[0])(reference, mel)
     assert not np.allclose(np.asarray(train_mode), logits, atol=1e-3)  # the statistics matter
+
+
+def test_a_frontend_with_its_own_training_draw_gets_the_step_key():
+    """A frontend with `train_features` (the Kaldi-mel fmin/fmax jitter) computes the step's
+    features from fold_in(fold_in(key, step), FRONTEND_STREAM): the loss is the one the model
+    gives on exactly those features, and differs from the eval features' loss."""
+    from asc_jax.audio.frontends import kaldi_logmel
+    from asc_jax.audio.passt_frontend import PaSSTFrontendConfig
+
+    cfg = PaSSTFrontendConfig(n_mels=32, win_length=1024, n_fft=1024, hop_length=256, mel_jitter=True,
+                              fmin_aug_range=200, fmax_aug_range=4000)
+    frontend = kaldi_logmel(cfg)
+    model = _tiny_model()
+    graphdef, state = create_train_state(model, optax.sgd(0.0))
+    # Two copies (train-mode BN updates a model's statistics; the step donates `state`).
+    ref_a, ref_b = (nnx.merge(graphdef, state.params, state.batch_stats, copy=True) for _ in range(2))
+    batch, key = _batch(), jax.random.key(3)
+    step = steps.make_train_step(graphdef, optax.sgd(0.0), frontend, NO_AUG, steps.classification_loss, key)
+    _, metrics = step(state, batch)
+    step_key = jax.random.fold_in(jax.random.fold_in(key, 0), steps.FRONTEND_STREAM)
+    forward = nnx.jit(lambda m, x: m(x, train=True)[0])
+    jittered = frontend.training_features(batch["audio"], step_key)
+    ce = _cross_entropy(forward(ref_a, jittered), batch["label"])
+    np.testing.assert_allclose(float(metrics["loss"]), ce, rtol=1e-5)
+    plain = _cross_entropy(forward(ref_b, frontend.features(batch["audio"])), batch["label"])
+    assert abs(plain - ce) > 1e-4

@@ -8,6 +8,8 @@ The picture, one module per job:
   precompute.py  ``precompute``: every teacher on every training clip of the student's config
                  under ``n_views`` sampled augmentations (view ``v`` of clip ``i`` keyed by
                  ``view_keys(seed, [i], v)``), batched by ``asc_jax.inference.predict``.
+  importing.py   ``import_logits``: logits computed elsewhere (PyTorch .pt, .npy, CSV) aligned by
+                 filename into a store of one view that replays nothing (``meta["import"]``).
   store.py       the teacher-logit store on disk: ``write_store`` (atomic, every array's shape
                  and dtype in the header, finite logits only), ``read_store`` (memory-mapped
                  ``TeacherStore``), and teacher selection from it (``resolve_teachers``,
@@ -21,7 +23,8 @@ The picture, one module per job:
                  band on its own log-mel; Freq-MixStyle is applied fresh on top).
   loss.py        ``kd_loss`` (label CE + KL to each teacher), the train step's ``make_kd_loss``,
                  and the hyper-parameter presets ``KD_PRESETS`` / ``kd_preset``.
-  cli.py         ``python -m asc_jax.distill precompute --config <the student's config> ...``.
+  cli.py         ``python -m asc_jax.distill precompute --config <the student's config> ...`` and
+                 ``python -m asc_jax.distill import --logits FILE --filenames ... --classes ...``.
 
 Data flow: saved teachers + the student's config -> ``precompute`` -> store directory ->
 ``StoreExtras`` in the student's grain pipeline -> batch["teacher_logits"], batch["aug"] ->
@@ -29,6 +32,7 @@ Data flow: saved teachers + the student's config -> ``precompute`` -> store dire
 """
 from asc_jax.distill.ensembles import CNN_ARCHS, ENSEMBLES, TRANSFORMER_ARCHS, teacher_arch
 from asc_jax.distill.extras import StoreExtras, augment_mismatch, check_augment, store_augment
+from asc_jax.distill.importing import import_logits
 from asc_jax.distill.loss import KD_PRESETS, cpjku_lam, kd_loss, kd_preset, kd_student_config, make_kd_loss
 from asc_jax.distill.precompute import precompute, view_keys
 from asc_jax.distill.store import (STORE_FORMAT, STORE_VERSION, StoreError, TeacherStore, read_store,
@@ -38,7 +42,7 @@ from asc_jax.distill.teachers import (STORE_AUGMENT, Teacher, TeacherFn, default
 
 __all__ = [
     "CNN_ARCHS", "ENSEMBLES", "TRANSFORMER_ARCHS", "teacher_arch",
-    "StoreExtras", "augment_mismatch", "check_augment", "store_augment",
+    "StoreExtras", "augment_mismatch", "check_augment", "store_augment", "import_logits",
     "KD_PRESETS", "cpjku_lam", "kd_loss", "kd_preset", "kd_student_config", "make_kd_loss",
     "precompute", "view_keys",
     "STORE_FORMAT", "STORE_VERSION", "StoreError", "TeacherStore", "read_store", "resolve_teachers",
