@@ -96,10 +96,26 @@ def test_map_state_dict_rejects_collisions():
                        KeyMap(renames=((r"^b\.", "a."),)))
 
 
+def test_renumber_ranks_named_children_within_their_parent():
+    # Blocks numbered across stages (b1..b3 in s1, b4 in s2), as CPJKU's CP-Mobile names them.
+    sd = {f"stages.s{s}.b{b}.conv.weight": np.ones((2, 2)) for s, b in ((1, 1), (1, 2), (1, 3), (2, 4))}
+    key_map = KeyMap(renumber=(r"^stages\.s\d+\.b(\d+)\.", r"^stages\.s(\d+)\."),
+                     renames=((r"^stages\.s(\d+)\.b(\d+)\.", r"stages.\1.\2."),))
+    assert sorted(map_state_dict(sd, key_map)) == [
+        "stages/0/0/conv/kernel", "stages/0/1/conv/kernel", "stages/0/2/conv/kernel",
+        "stages/1/0/conv/kernel"]
+    with pytest.raises(ValueError, match=r"captured 'b1' in 'stages.s1.b1.conv.weight', not a number"):
+        map_state_dict(sd, KeyMap(renumber=(r"^stages\.s1\.(b\d+)\.",)))
+    with pytest.raises(ValueError, match="exactly one group"):
+        map_state_dict(sd, KeyMap(renumber=(r"^stages\.s(\d+)\.b(\d+)",)))
+
+
 def test_key_map_from_json(tmp_path):
     path = tmp_path / "keys.json"
-    path.write_text(json.dumps({"renames": [["^net\\.", ""]], "head": ["fc/.*"]}))
-    assert KeyMap.from_json(path) == KeyMap(renames=((r"^net\.", ""),), head=("fc/.*",))
+    path.write_text(json.dumps({"renames": [["^net\\.", ""]], "head": ["fc/.*"],
+                                "renumber": ["^s(\\d+)\\."]}))
+    assert KeyMap.from_json(path) == KeyMap(renames=((r"^net\.", ""),), head=("fc/.*",),
+                                            renumber=(r"^s(\d+)\.",))
     path.write_text(json.dumps({"renamez": []}))
     with pytest.raises(ValueError, match="renamez"):
         KeyMap.from_json(path)
