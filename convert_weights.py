@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="JSON key map (renumber / renames / transforms / ignore / head) "
                              "overriding the one registered for --arch")
     parser.add_argument("--prefix", default=None,
-                        help="only load keys under this prefix, e.g. net. (default: model. for "
-                             "the CPJKU CNNs when the checkpoint has such keys, else none)")
+                        help="only load keys under this prefix (default: the Lightning module's "
+                             "network attribute when the checkpoint has such keys: model. for "
+                             "cp_mobile / dcase2024_baseline, net. for cp_resnet; else none)")
     parser.add_argument("--model-kwargs", default="{}",
                         help="JSON dict of model options; they override what is inferred from "
                              "the checkpoint's shapes")

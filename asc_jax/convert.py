@@ -3,8 +3,9 @@
 The pipeline is declarative and strict (big_vision `models/common.py:merge_params` style):
 
 1. `load_state_dict` reads a torch checkpoint (or a .npz) into {torch key: numpy array}; a
-   Lightning module's network is selected by its attribute prefix ("model." for the CPJKU CNNs,
-   `LIGHTNING_PREFIXES`), its other entries (the mel frontend's buffers) are logged and dropped.
+   Lightning module's network is selected by its attribute prefix (`LIGHTNING_PREFIXES`: "model."
+   for CP-Mobile and the DCASE2024 baseline, "net." for the DCASE2022 CP-ResNet), its other
+   entries (mel buffers, a distillation teacher) are logged and dropped.
 2. `map_state_dict` renames every key with a `KeyMap` into a flat Flax path ("blocks/0/attn/qkv/
    kernel") and re-lays the array out (Linear weight -> transposed kernel, Conv OIHW -> HWIO, ...).
 3. `infer_options` reads the model options the state dict's shapes fix (widths, blocks, classes;
@@ -107,10 +108,14 @@ KEY_MAPS.register("passt")(KeyMap(
     head=(r"head/(kernel|bias)",),
 ))
 
-# CPJKU CP-Mobile (cpjku_dcase23 models/cp_mobile.py) and the DCASE2024 Task 1 baseline
-# (dcase2024_task1_baseline models/baseline.py, the same network without GRN) -> RepMobile with
-# the single 3x3 depthwise branch. torchvision's Conv2dNormActivation is a Sequential (0: conv,
-# 1: BN, 2: ReLU); blocks are named b1..bN across all stages, so "stages.s2.b4" is stages/1/0.
+# CPJKU CP-Mobile (fschmid56/cpjku_dcase23 models/cp_mobile_clean.py) and the DCASE2024 Task 1
+# baseline (CPJKU/dcase2024_task1_baseline models/baseline.py: the same network without GRN) ->
+# RepMobile with the single 3x3 depthwise branch. A block keeps its three convs only inside
+# `block` (Sequential 0: expand, 1: depthwise, 2: project), each a torchvision
+# (Conv2d)NormActivation, itself a Sequential (0: conv without bias, 1: BN, 2: ReLU, none in
+# the projection); GRN is `after_block_norm` (scalar gamma, beta); blocks are named b1..bN across
+# all stages, so "stages.s2.b4" is stages/1/0. The quantization stubs and FloatFunctional hold no
+# state. Unfused float checkpoints only: `fuse_model` / QAT checkpoints have other keys.
 CPJKU_MOBILE = KeyMap(
     renumber=(r"^stages\.s\d+\.b(\d+)\.", r"^stages\.s(\d+)\."),
     renames=((r"^in_c\.(\d+)\.0\.", r"stem.\1.conv."),
@@ -130,8 +135,11 @@ CPJKU_MOBILE = KeyMap(
 KEY_MAPS.register("cp_mobile")(CPJKU_MOBILE)
 KEY_MAPS.register("dcase2024_baseline")(CPJKU_MOBILE)
 
-# CPJKU CP-ResNet (cpjku_dcase22 models/cp/cp_resnet.py) -> CPResNet. Stages are attributes
-# stage1..3 whose blocks are named block1, block2 (between parameter-free max-pools).
+# CPJKU CP-ResNet (CPJKU/cpjku_dcase22 models/cp/cp_resnet.py) -> CPResNet. Stages are attributes
+# stage1..3 whose blocks are named block1, block2 (between parameter-free max-pools
+# "maxpool{after}_{i}"); a block has conv1, bn1, conv2, bn2 (ReLUs relu1 / relu2 hold no state) and,
+# where widths change, shortcut.conv / shortcut.bn. (cpjku_dcase23 models/cp_resnet.py is another
+# CP-ResNet: 4 blocks per stage, 2x2 pools, ungrouped shortcuts; CPResNet cannot represent it.)
 KEY_MAPS.register("cp_resnet")(KeyMap(
     renumber=(r"^stage\d+\.block(\d+)\.", r"^stage(\d+)\."),
     renames=((r"^in_c\.0\.", "stem.conv."),
@@ -144,14 +152,24 @@ KEY_MAPS.register("cp_resnet")(KeyMap(
     head=(r"head/(conv|bn)/\w+",),
 ))
 
-# The Lightning module attribute holding the network, where the original training code has one.
+# The Lightning module attribute holding the network, where the original training code has one:
+# `self.model` in cpjku_dcase23 run_training.py and dcase2024_task1_baseline run_training.py;
+# in cpjku_dcase22 (experiments/dcase22/t1/teachers_gang.py) ba3l's Ba3lModule sets one attribute
+# per `models` config entry: the student is `net` (beside `teacher_net`, `mel`, `teacher_mel`).
 LIGHTNING_PREFIXES: Mapping[str, str] = {
-    "cp_mobile": "model.", "dcase2024_baseline": "model.", "cp_resnet": "model."}
+    "cp_mobile": "model.", "dcase2024_baseline": "model.", "cp_resnet": "net."}
 
 # The frontends these architectures' released checkpoints were trained on (asc_jax.audio.frontends
 # names), recorded in model.json. PaSST's needs no entry: frontends.DEFAULT_FRONTENDS implies it.
 CONVERTED_FRONTENDS: Mapping[str, str] = {
     "cp_mobile": "cpjku", "cp_resnet": "cpjku", "dcase2024_baseline": "dcase2024"}
+# Options of those frontends where the original's settings differ from the preset. The DCASE2022
+# CP-ResNet's `mel` (cpjku_dcase22 teachers_gang.py) is the same AugmentMelSTFT as the "cpjku"
+# (DCASE2023 student) preset but with AugmentMelSTFT(n_mels=256, sr=32000, win_length=2048,
+# hopsize=744, n_fft=2048, fmin=0, fmax=None, fmin_aug_range=1, fmax_aug_range=1): fmax 16 kHz.
+CONVERTED_FRONTEND_OPTIONS: Mapping[str, Mapping[str, Any]] = {
+    "cp_resnet": {"win_length": 2048, "hop_length": 744, "n_fft": 2048, "fmin_aug_range": 1,
+                  "fmax_aug_range": 1}}
 
 
 def _leaf_rule(leaf: str, ndim: int) -> tuple[str, str]:
@@ -552,12 +570,14 @@ def _auto_prefix(arch: str, state_dict: Mapping[str, np.ndarray], where: str | P
 
 
 def frontend_entry(arch: str, name: str | None) -> dict | None:
-    """model.json's {"name", "options"} of frontend `name` (default: `CONVERTED_FRONTENDS[arch]`),
-    with every option written out as training writes it; None when neither names one.
+    """model.json's {"name", "options"} of frontend `name` (default: `CONVERTED_FRONTENDS[arch]`
+    with `CONVERTED_FRONTEND_OPTIONS[arch]`), with every option written out as training writes
+    it; None when neither names one. A `name` given is recorded with its preset's options.
 
     Raises:
       ValueError: naming the registered frontends, for an unknown name.
     """
+    options = {} if name else dict(CONVERTED_FRONTEND_OPTIONS.get(arch, {}))
     name = name or CONVERTED_FRONTENDS.get(arch)
     if name is None:
         if arch not in frontends.DEFAULT_FRONTENDS:
@@ -567,7 +587,7 @@ def frontend_entry(arch: str, name: str | None) -> dict | None:
         return None
     if name not in frontends.FRONTENDS:
         raise ValueError(f"unknown frontend {name!r}; registered: {frontends.FRONTENDS.names()}")
-    return frontends.FRONTENDS.get(name)({}).describe()
+    return frontends.FRONTENDS.get(name)(options).describe()
 
 
 def _initialise_rest(model: nnx.Module, build: Callable[[], nnx.Module], keep: Sequence[str]) -> None:
@@ -614,7 +634,8 @@ def convert_checkpoint(arch: str, checkpoint: str | Path, out: str | Path, *,
         it, else none.
       model_kwargs: model options; those the checkpoint's shapes fix and that are not given here
         are inferred (`infer_options`), the rest keep the architecture's defaults.
-      frontend: FRONTENDS name recorded in model.json; None: `CONVERTED_FRONTENDS[arch]`.
+      frontend: FRONTENDS name recorded in model.json; None: `CONVERTED_FRONTENDS[arch]` (with
+        `CONVERTED_FRONTEND_OPTIONS[arch]`).
       class_names: names of the logits, recorded as model.json's "class_names".
       seed: initialisation seed (for a replaced head).
 
