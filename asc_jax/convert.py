@@ -43,8 +43,8 @@ from asc_jax.checkpoint import WEIGHTS, save_model
 from asc_jax.models.cp_resnet import kernel_sizes
 from asc_jax.models.registry import MODELS, has_deploy_form, with_default_lowering
 from asc_jax.registry import Registry
-from asc_jax.reparam import bn_epsilons, fuse_tree
-from asc_jax.surgery import check_tree_match, load_into, module_tree
+from asc_jax.reparam import fuse
+from asc_jax.surgery import check_tree_match
 
 # The model state a weight file holds: parameters and BatchNorm running statistics, not RNG state.
 
@@ -603,14 +603,6 @@ def _initialise_rest(model: nnx.Module, build: Callable[[], nnx.Module], keep: S
         nnx.update(model, jax.jit(lambda: nnx.state(build(), wanted))())
 
 
-def _fused(model: nnx.Module, arch: str, options: Mapping[str, Any]) -> nnx.Module:
-    """`asc_jax.reparam.fuse` of `model`, its tree rewrite jitted as one program (eagerly, each
-    layer's folding ops compile one by one)."""
-    epsilons = bn_epsilons(model)
-    tree = jax.jit(lambda t: fuse_tree(t, epsilons))(module_tree(model))
-    return load_into(lambda: MODELS.get(arch)(rngs=nnx.Rngs(0), deploy=True, **options), tree)
-
-
 def convert_checkpoint(arch: str, checkpoint: str | Path, out: str | Path, *,
                        n_classes: int | None = None, variant: str | None = None,
                        key_map: KeyMap | None = None, prefix: str | None = None,
@@ -692,7 +684,7 @@ def convert_checkpoint(arch: str, checkpoint: str | Path, out: str | Path, *,
     extra["replaced_head"] = replace_head
     out = Path(out)
     if has_deploy_form(arch):
-        deploy = _fused(model, arch, options)
+        deploy = fuse(model, lambda: MODELS.get(arch)(rngs=nnx.Rngs(0), deploy=True, **options))
         save_model(out / "model", model, name=arch, options=options, **extra)
         save_model(out / "deploy", deploy, name=arch, options=options, deploy=True, **extra)
     else:
