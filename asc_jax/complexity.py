@@ -36,14 +36,28 @@ _MAC_PARAM_NAMES = ("kernel", "scale", "bias")
 
 
 def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (nnx.Param leaves)."""
-    return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    """Number of parameters in the DCASE count: the nnx.Param leaves, plus the int8 weight codes
+    of quantized convs (Variables, not Params, as integers take no gradient, but the weights all
+    the same: an int8 model has the parameters of its float form)."""
+    codes = sum(_quantized_kernel_size(m) for _, m in nnx.iter_modules(model))
+    return codes + sum(int(math.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _quantized_kernel_size(module: nnx.Module) -> int:
+    """Size of a quantized conv's kernel when it is not an nnx.Param (int8 codes), else 0."""
+    if isinstance(module, QuantizedConv) and not isinstance(module.kernel, nnx.Param):
+        return int(math.prod(module.kernel.shape))
+    return 0
 
 
 def _direct_params(module: nnx.Module) -> dict[str, int]:
-    """{attribute name: size} of the nnx.Params held directly by `module` (not by children)."""
-    return {name: int(math.prod(value.shape)) for name, value in vars(module).items()
-            if isinstance(value, nnx.Param)}
+    """{attribute name: size} of the parameters held directly by `module` (not by children):
+    its nnx.Params, and a quantized conv's int8 kernel (`count_params`)."""
+    params = {name: int(math.prod(value.shape)) for name, value in vars(module).items()
+              if isinstance(value, nnx.Param)}
+    if _quantized_kernel_size(module):
+        params["kernel"] = _quantized_kernel_size(module)
+    return params
 
 
 @contextlib.contextmanager
@@ -104,7 +118,7 @@ def count_macs(model: nnx.Module, input_shape: tuple[int, ...]) -> int:
 
 def _layer_macs(module: nnx.Module, out_shape: tuple[int, ...]) -> int:
     n = sum(size for name, size in _direct_params(module).items() if name in _MAC_PARAM_NAMES)
-    if isinstance(module, nnx.Conv):
+    if isinstance(module, (nnx.Conv, QuantizedConv)):
         return n * out_shape[0] * math.prod(out_shape[1:-1])  # batch x output spatial (NHWC)
     return n * out_shape[0]
 

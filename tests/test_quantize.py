@@ -229,6 +229,7 @@ def test_memory_report_pinned_for_rep_mobile():
         assert report.stored_bytes == 122_760 + 4 * (2_090 + 12) + 8_528 == 139_696
     weight_only = complexity.memory_report(deploy, Q.QuantConfig(act_bits=None))
     assert weight_only.overhead_bytes == 8_360
+
     assert "fits" in complexity.memory_report(int8).table()
 
 
@@ -261,6 +262,12 @@ def test_int8_tree_really_holds_int8(setup):
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(qmodel, nnx.Param)))
     assert n_params == report.bias_params + report.other_params
     assert report.params == complexity.memory_report(setup["model"]).params
+    # The DCASE counts of the int8 form are the float form's: its int8 codes are its weights,
+    # and each quantized conv costs what the conv did (it once counted as a 1-output layer).
+    shape = (1, *setup["calib"].shape[1:])
+    float_report, int8_report = complexity.report(setup["model"], shape), complexity.report(qmodel, shape)
+    assert (int8_report.params, int8_report.macs) == (float_report.params, float_report.macs)
+    assert int8_report.params == report.params and int8_report.macs > 50 * int8_report.params
 
 
 def _rms_error_over_spread(reference: np.ndarray, other: np.ndarray) -> float:
