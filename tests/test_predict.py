@@ -1,13 +1,20 @@
 """Prediction CLI: windows, resampling, bad files in a batch, DCASE output.csv, and equality of
-its probabilities with a direct model call."""
+its probabilities with a direct model call; device sets: routing by the device in the file name
+or a table, fallbacks to the base model counted, each file bitwise what its member computes.
+
+`build_device_set` is shared with test_dcase2025_api.py and test_submission.py."""
 import csv
 import dataclasses
+import functools
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import soundfile as sf
 
+from asc_jax import device_set as ds
+from asc_jax import inference
 from asc_jax import predict as P
 from asc_jax import quantize as Q
 from asc_jax.checkpoint import load_model
@@ -125,3 +132,136 @@ def test_cli_without_any_readable_input_writes_nothing(saved, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         P.main([str(saved["inputs"] / "a.wav"), "--checkpoint", str(saved["dir"]), "--batch-size", "0"])
     assert exit_info.value.code == 2
+
+
+# --- device model sets (DCASE2025): routing by device id ----------------------------------------
+
+SET_DEVICES = {"a": 3, "s1": 4}  # device -> seed of its (random, distinct) model; the base has seed 2
+
+
+_MEMBERS: dict = {}  # saved once per session: {member key: saved-model dir}
+
+
+def tiny_members(tmp_path_factory) -> dict:
+    """The members of the tiny device sets: base (seed 2) and models for a and s1 (distinct weights)."""
+    if not _MEMBERS:
+        root = tmp_path_factory.mktemp("members")
+        for key, seed in {"base": 2, **SET_DEVICES}.items():
+            save_tiny_deploy(root / key, seed=seed)
+            _MEMBERS[key] = root / key
+    return dict(_MEMBERS)
+
+
+def build_device_set(tmp_path_factory, meta=None) -> dict:
+    """A tiny device set (`tiny_members`) with manifest meta `meta`, in a new directory.
+
+    Returns {"set": its directory, "members": {member key: saved-model dir}}.
+    """
+    members = tiny_members(tmp_path_factory)
+    out = tmp_path_factory.mktemp("device_set") / "set"
+    ds.write_device_set(out, members["base"], {d: members[d] for d in SET_DEVICES}, class_names=CLASSES,
+                        meta=meta)
+    return {"set": out, "members": members}
+
+
+@functools.lru_cache(maxsize=None)
+def load_member(member_dir):
+    """A member loaded once per session (loading and jitting cost about a second each)."""
+    return inference.load(member_dir)
+
+
+def member_logits(member_dir, windows: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+    """What a member computes on its own: its jitted model over the windows, in batches of
+    `batch_size` (the same size as the routed run, so the same XLA program)."""
+    return inference.predict(load_member(member_dir).fn, windows, batch_size)
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("routed")
+    built = build_device_set(tmp_path_factory)
+    audio = root / "in"
+    audio.mkdir()
+    # TAU names carry the device as the last '-' field; "clip.wav" names none.
+    names = ["bus-lyon-1-1-0-a.wav", "park-lyon-2-2-0-s1.wav", "tram-lyon-3-3-0-b.wav",
+             "metro-lyon-4-4-0-s4.wav", "clip.wav"]
+    for i, name in enumerate(names):
+        sf.write(audio / name, scene_audio(1, 20 + i)[0], MEL.sample_rate, subtype="FLOAT")
+    return {**built, "dir": audio, "names": names, "predictor": P.Predictor(built["set"], BATCH)}
+
+
+def test_device_from_name_and_routing_reasons(routed):
+    assert P.device_from_name("audio/airport-lisbon-1000-40000-0-s4.wav") == "s4"
+    assert P.device_from_name("audio/17.wav") is None
+    device_set = ds.read_device_set(routed["set"])
+    assert [P.fallback_reason(device_set, d) for d in ("a", "s1", "s4", "unknown", None, "")] == \
+        [None, None, "unseen", "unknown", "missing", "missing"]
+
+
+def test_cli_routes_each_file_to_its_devices_model(routed, tmp_path, capsys):
+    out = tmp_path / "output.csv"
+    files = [str(routed["dir"] / n) for n in routed["names"]]
+    assert P.main([*files, "--checkpoint", str(routed["set"]), "--output", str(out),
+                   "--batch-size", str(BATCH)]) == 0
+    printed = capsys.readouterr().out
+    assert "routing: base 3, a 1, s1 1 (files per model)" in printed
+    assert ("3 file(s) fell back to the base model: 1 with no device id; 2 of a device without its own "
+            "model (b 1, s4 1)") in printed
+
+    predictor = routed["predictor"]
+    pred = P.predict_files(predictor, files)
+    assert pred.members == ["a", "s1", "base", "base", "base"]
+    assert pred.devices == ["a", "s1", "b", "s4", None]
+    assert pred.routing.fallbacks == {"missing": 1, "unknown": 0, "unseen": 2}
+    for path, member, probs in zip(files, pred.members, pred.probs):
+        windows = predictor.load_windows(Path(path))
+        own = np.asarray(jax.nn.softmax(member_logits(routed["members"][member], windows), -1)).mean(0)
+        np.testing.assert_array_equal(probs, own)  # bitwise: the member's own computation
+    # The members really differ, so the routing is visible in the numbers.
+    windows = predictor.load_windows(Path(files[0]))
+    assert np.abs(member_logits(routed["members"]["a"], windows) -
+                  member_logits(routed["members"]["base"], windows)).max() > 1e-2
+
+
+def test_cli_takes_devices_from_a_table(routed, tmp_path, capsys):
+    # Comma-separated; the a-named file is declared s1, one file is "unknown", one is not listed.
+    table = tmp_path / "devices.csv"
+    table.write_text("filename,device_id\n"
+                     f"in/{routed['names'][0]},s1\n"           # matched by the output name (dir/...)
+                     f"{routed['names'][1]},unknown\n"         # matched by base name
+                     f"{routed['names'][2]},a\n"
+                     f"{routed['names'][4]},\n")               # listed, but without an id
+    out = tmp_path / "output.csv"
+    assert P.main([str(routed["dir"]), "--checkpoint", str(routed["set"]), "--output", str(out),
+                   "--devices", str(table), "--batch-size", str(BATCH)]) == 0
+    printed = capsys.readouterr().out
+    pred = P.predict_files(routed["predictor"], [routed["dir"]], device_table=P.read_device_table(table))
+    by_name = dict(zip(pred.filenames, zip(pred.devices, pred.members)))
+    assert by_name == {"in/bus-lyon-1-1-0-a.wav": ("s1", "s1"), "in/clip.wav": (None, "base"),
+                       "in/metro-lyon-4-4-0-s4.wav": (None, "base"),  # not in the table: missing
+                       "in/park-lyon-2-2-0-s1.wav": ("unknown", "base"), "in/tram-lyon-3-3-0-b.wav": ("a", "a")}
+    assert "routing: base 3, a 1, s1 1 (files per model)" in printed
+    assert "3 file(s) fell back to the base model: 2 with no device id; 1 with device unknown" in printed
+
+
+def test_device_table_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filename\tdevice\nx.wav\ta\n")
+    with pytest.raises(ValueError, match=r"bad.csv: missing column\(s\) \['device_id'\]"):
+        P.read_device_table(bad)
+    bad.write_text("filename\tdevice_id\nx.wav\ta\ny.wav\tb\nx.wav\ts1\n")
+    with pytest.raises(ValueError, match=r"bad.csv line 4: x.wav is listed with devices 'a' and 's1'"):
+        P.read_device_table(bad)
+    with pytest.raises(FileNotFoundError, match="none.csv: device table not found"):
+        P.read_device_table(tmp_path / "none.csv")
+
+
+def test_single_model_ignores_a_device_table(saved, tmp_path, capsys):
+    table = tmp_path / "devices.tsv"
+    table.write_text("filename\tdevice_id\na.wav\ts1\n")
+    out = tmp_path / "output.csv"
+    assert P.main([str(saved["inputs"] / "a.wav"), "--checkpoint", str(saved["dir"]), "--output", str(out),
+                   "--devices", str(table), "--batch-size", str(BATCH)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"note: {saved['dir']} is a single model; the device ids")
+    assert "routing:" not in captured.out

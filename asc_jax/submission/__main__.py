@@ -1,0 +1,3 @@
+from asc_jax.submission.cli import main
+
+raise SystemExit(main())
