@@ -39,6 +39,10 @@ class DataConfig:
     cache_audio: bool = True  # Keep decoded 32 kHz clips in RAM after the first read.
     worker_count: int = 0  # grain worker processes (0 = in-process).
     on_error: str = "raise"  # Bad clips: "raise", or "skip" (reported, never silent).
+    # Recording devices the training split is restricted to ("a", "s1", ...; () keeps every
+    # device): DCASE2025's device-specific fine-tuning (asc_jax.device_specific). The eval split
+    # is never filtered, so a device's run is still measured on every device.
+    devices: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

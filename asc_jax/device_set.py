@@ -12,12 +12,16 @@ Every member is an ordinary saved model, so quantization, export and the complex
 per member unchanged; the set only routes: a clip of a device listed in "devices" goes to that
 model, any other device id (an unseen device, "unknown", a missing id) to the base model.
 `predict_routed` runs each group through its own model with `asc_jax.inference.predict` (the one
-inference path) and returns the logits in input order with the routing counts.
+inference path) and returns the logits in input order with the routing counts; its clips are
+waveforms in memory or a `ClipSource` (read in batches: the TAU test split is ~4 GB of float32
+audio). `update_meta` adds entries (an evaluation) to a written set's manifest, atomically.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +30,7 @@ import numpy as np
 
 from asc_jax import inference
 from asc_jax.checkpoint import read_spec, resolve_model_dir
+from asc_jax.data import sources
 
 FORMAT = "asc_jax.device_set"
 VERSION = 1
@@ -145,6 +150,26 @@ def write_device_set(out: str | Path, base: str | Path, devices: Mapping[str, st
     return read_device_set(out)
 
 
+def update_meta(path: str | Path, entries: Mapping[str, Any]) -> DeviceModelSet:
+    """Sets top-level `entries` of a set's manifest "meta" (e.g. "eval"), leaving the members alone.
+
+    The manifest is rewritten through a temporary file and `os.replace`, so a crash leaves the old
+    or the new one, never half of one.
+
+    Returns:
+      The set, read back (`read_device_set`).
+    """
+    device_set = read_device_set(path)  # refuses anything that is not a readable set
+    manifest = device_set.directory / MANIFEST
+    spec = json.loads(manifest.read_text())
+    spec["meta"] = {**spec.get("meta", {}), **entries}
+    text = json.dumps(spec, indent=2) + "\n"  # fails before writing anything if not JSON-able
+    tmp = manifest.with_name(MANIFEST + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, manifest)
+    return read_device_set(device_set.directory)
+
+
 @dataclasses.dataclass(frozen=True)
 class RoutedPredictions:
     logits: np.ndarray  # (N, C) in input order
@@ -168,20 +193,38 @@ def load_members(device_set: DeviceModelSet) -> dict[str, inference.SavedModel]:
     return loaded
 
 
-def predict_routed(device_set: DeviceModelSet, waves: np.ndarray, device_ids: Sequence[str | None], *,
-                   batch_size: int = 64, loaded: Mapping[str, inference.SavedModel] | None = None
-                   ) -> RoutedPredictions:
+def _clip_subset(source: sources.ClipSource, rows: np.ndarray) -> sources.ClipSource:
+    """The clips `rows` of `source`, read with the same settings."""
+    return sources.ClipSource([source.clips[i] for i in rows], source.root, sr=source.sr,
+                              clip_seconds=source.clip_seconds, expected_sr=source.expected_sr,
+                              cache=source.cache, resampler=source.resampler)
+
+
+def predict_routed(device_set: DeviceModelSet, waves: np.ndarray | sources.ClipSource,
+                   device_ids: Sequence[str | None], *, batch_size: int = 64,
+                   loaded: Mapping[str, inference.SavedModel] | None = None) -> RoutedPredictions:
     """Logits of each clip from the member its device routes to.
 
     Args:
-      waves: (N, n_samples) waveforms at the members' rate.
+      waves: (N, n_samples) waveforms at the members' rate, or a ClipSource of N clips read at it.
       device_ids: one id per clip (None / "" / "unknown" / unseen ids go to the base).
       loaded: members already loaded (`load_members`), to reuse across calls.
+    Raises:
+      ValueError: not one device id per clip, or a ClipSource read at another rate or resampler
+        than the members' frontends take.
     """
-    waves = np.asarray(waves, np.float32)
+    loaded = load_members(device_set) if loaded is None else loaded
+    if isinstance(waves, sources.ClipSource):
+        frontend = next(iter(loaded.values())).frontend
+        if (waves.sr, waves.resampler) != (frontend.sample_rate, frontend.resampler):
+            raise ValueError(f"{waves!r} reads audio at {waves.sr} Hz ({waves.resampler}); the members of "
+                             f"{device_set.directory} take {frontend.sample_rate} Hz ({frontend.resampler})")
+        select = functools.partial(_clip_subset, waves)
+    else:
+        waves = np.asarray(waves, np.float32)
+        select = waves.__getitem__
     if len(device_ids) != len(waves):
         raise ValueError(f"{len(device_ids)} device ids for {len(waves)} clips")
-    loaded = load_members(device_set) if loaded is None else loaded
     members = tuple(device_set.route(d or None) for d in device_ids)
     logits = np.zeros((len(waves), len(device_set.class_names)), np.float32)
     counts = {}
@@ -189,6 +232,6 @@ def predict_routed(device_set: DeviceModelSet, waves: np.ndarray, device_ids: Se
         rows = np.flatnonzero(np.asarray(members) == key) if members else np.zeros(0, int)
         counts[key] = int(rows.size)
         if rows.size:
-            logits[rows] = inference.predict(loaded[key].fn, waves[rows], batch_size)
+            logits[rows] = inference.predict(loaded[key].fn, select(rows), batch_size)
     n_unknown = sum(1 for d in device_ids if device_set.route(d or None) == BASE)
     return RoutedPredictions(logits, members, counts, n_unknown)

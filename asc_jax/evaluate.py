@@ -73,6 +73,17 @@ def compute_metrics(
     }
 
 
+def group_macro_accuracy(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str],
+                         group: Sequence[str], class_names: Sequence[str] = CLASSES) -> float | None:
+    """The DCASE metric (macro-class accuracy) over the clips recorded by the devices in `group`,
+    e.g. DCASE2025's known and unknown devices; None when no clip is from one of them."""
+    mask = np.isin(np.asarray(devices), list(group))
+    if not mask.any():
+        return None
+    logits, labels = np.asarray(logits)[mask], np.asarray(labels)[mask]
+    return compute_metrics(logits, labels, np.asarray(devices)[mask], class_names)["macro_accuracy"]
+
+
 def summary_table(metrics: dict) -> str:
     """A compact text table of the headline numbers."""
     lines = [f"clips {metrics['n']}   accuracy {metrics['accuracy']:.4f}   "

@@ -56,7 +56,31 @@ def prepare_data(config: Config) -> Data:
         sources.load_split_source(root, split, sr=frontend.sample_rate, resampler=frontend.resampler,
                                    cache=config.data.cache_audio, on_error=config.data.on_error)
         for split in (config.data.train_split, config.data.eval_split))
-    return Data(root, train.clips, evaluation.clips, train.source, evaluation.source)
+    train_source = train.source
+    if config.data.devices:
+        train_source = _keep_devices(train_source, config.data.devices, config.data.train_split)
+    return Data(root, list(train_source.clips), evaluation.clips, train_source, evaluation.source)
+
+
+def _keep_devices(source: sources.ClipSource, devices: Sequence[str], split: str) -> sources.ClipSource:
+    """The clips of `source` recorded by one of `devices` (data.devices), in the same order.
+
+    Raises:
+      ValueError: naming every requested device that has no clip in the split (a typo, or an
+        unseen device such as s4 asked of a training split).
+    """
+    counts = {d: sum(c.device == d for c in source.clips) for d in devices}
+    missing = [d for d, n in counts.items() if n == 0]
+    if missing:
+        present = sorted({c.device for c in source.clips})
+        raise ValueError(f"data.devices: no clip of device {', '.join(map(repr, missing))} in training split "
+                         f"{split!r} (its devices: {', '.join(present)})")
+    kept = [c for c in source.clips if c.device in counts]
+    log.info("data.devices %s: training on %d of the %d clips of split %s (%s)", ",".join(devices),
+             len(kept), len(source), split, ", ".join(f"{d} {n}" for d, n in counts.items()))
+    # A new source without the cache of the full split: only the kept clips are ever read again.
+    return sources.ClipSource(kept, source.root, sr=source.sr, clip_seconds=source.clip_seconds,
+                              expected_sr=source.expected_sr, cache=source.cache, resampler=source.resampler)
 
 
 def predict(eval_fn, state, source: sources.ClipSource, mesh=None) -> np.ndarray:
