@@ -57,7 +57,8 @@ def test_qat_cli_reports_float_ptq_qat_and_saves_a_working_int8_model(tmp_path, 
     qat = result["qat_finetune"]
     assert qat["n_train"] == 300 and qat["steps"] == 2 * (300 // BATCH)
     assert qat["config"]["train_split"] == "100" and qat["config"]["lr"] == 1e-3
-    assert qat["config"]["augment"] == {"roll": None, "freq_mask": None, "mixstyle": None, "time_mask": None}
+    assert qat["config"]["augment"] == {"roll": None, "freq_mask": None, "mixstyle": None, "time_mask": None,
+                                        "dir": None}
     assert len(qat["loss"]) == 2 and np.isfinite(qat["loss"]).all()
     assert qat["max_abs_diff_to_fake_quant"] <= FAKE_QUANT_ATOL
     assert abs(result["float"]["accuracy"] - result["qat"]["accuracy"]) <= 1 - qat["top1_agreement"] + 1e-9
