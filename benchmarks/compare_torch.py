@@ -347,6 +347,8 @@ def main(argv=None) -> dict:
         "vs_torch_eager_cp_mobile the same against PyTorch eager CP-Mobile, best_vs_... with the best times. compile_s: time to "
         "the first result (asc_jax: trace, lower, XLA compile, first step; torch.compile: dynamo + "
         "inductor on the first forward and backward) minus one steady-state call.",
+        "torch.compile keeps inductor's compiled kernels in an on-disk cache (/tmp/torchinductor_$USER): "
+        "its compile_s is large only on the first run of a machine.",
         "Inference: best / median wall time of one call over all timed calls (input on the host, as "
         "prediction gets it); vs_torch_eager uses the best (least disturbed), cpu_vs_torch_eager the "
         "median CPU time.",

@@ -223,7 +223,7 @@ def n_params(model: nn.Module) -> int:
 _BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
-def _leaves(model: nn.Module):
+def weight_leaves(model: nn.Module):
     """(asc_jax path, torch tensor, transform to asc_jax layout) for every weight and BN statistic."""
     for name, module in model.named_modules():
         prefix = tuple(int(p) if p.isdigit() else p for p in name.split(".")) if name else ()
@@ -243,7 +243,7 @@ def to_asc_jax_tree(model: nn.Module) -> dict:
     """The model's weights and BN statistics as an asc_jax state tree of float32 NumPy arrays
     (`asc_jax.surgery.load_into(build, tree)` makes the asc_jax module from it)."""
     tree: dict = {}
-    for path, tensor, transform in _leaves(model):
+    for path, tensor, transform in weight_leaves(model):
         value = tensor.detach().cpu().numpy().astype(np.float32)
         node = tree
         for key in path[:-1]:
@@ -260,7 +260,7 @@ def load_asc_jax_tree(model: nn.Module, tree: dict) -> nn.Module:
     flat = {path: np.asarray(v) for path, v in flatten(tree).items()}
     used = set()
     with torch.no_grad():
-        for path, tensor, transform in _leaves(model):
+        for path, tensor, transform in weight_leaves(model):
             if path not in flat:
                 raise KeyError(f"asc_jax tree has no {path}")
             value = flat[path]
@@ -268,7 +268,7 @@ def load_asc_jax_tree(model: nn.Module, tree: dict) -> nn.Module:
                 value = np.transpose(value, (3, 2, 0, 1))
             if tuple(value.shape) != tuple(tensor.shape):
                 raise ValueError(f"{path}: asc_jax {value.shape} vs torch {tuple(tensor.shape)}")
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            tensor.copy_(torch.from_numpy(np.array(value, dtype=np.float32)))
             used.add(path)
     unused = set(flat) - used
     if unused:

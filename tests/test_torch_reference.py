@@ -5,7 +5,6 @@ fused deploy form, the log-mel frontend, the frequency mask and one Adam train s
 Models are built in torch (fast) and moved into abstract asc_jax modules (`surgery.load_into`):
 eager asc_jax initialisation would compile every initialiser, seconds per model on CPU.
 """
-
 import jax
 import numpy as np
 import optax
@@ -31,6 +30,10 @@ TOL = 1e-4
 # on 2 cores. XLA convs compile faster than the "taps" lowering and compute the same
 # (tests/test_lowering.py); the full-size eval-mode test runs the taps.
 SMALL = {"base_channels": 8, "n_blocks": (1,), "strides": {}}
+# LLVM without its optimisation passes: the same IEEE arithmetic (no fast-math either way),
+# compiled about twice as fast, which is most of this file's run time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
 
 def randomized(model, seed=0):
     """Random BN statistics and affines and GRN gamma / beta, so that none of them can be
@@ -48,26 +51,33 @@ def randomized(model, seed=0):
                 m.beta.copy_(torch.randn(1, generator=gen) * 0.5)
     return model
 
+
 def as_asc_jax(name, torch_model, **options):
     return load_into(lambda: build_model(name, rngs=nnx.Rngs(0), **options), tr.to_asc_jax_tree(torch_model))
+
 
 def n_params_asc_jax(name, **options):
     abstract = nnx.eval_shape(lambda: build_model(name, rngs=nnx.Rngs(0), **options))
     return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
+
 def jax_logits(model, x):
     graphdef, state = nnx.split(model)
-    return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])(state, x))
+    fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])
+    return np.asarray(fn.lower(state, x).compile(FAST_COMPILE)(state, x))
+
 
 def waves(n=2, n_samples=32000, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(n, n_samples)) * rng.uniform(0.05, 0.5, (n, 1))).astype(np.float32)
+
 
 def test_parameter_counts_match():
     counts = {"rep_mobile": 137_560, "cp_mobile": 126_952}
     for name, count in counts.items():
         assert tr.n_params(tr.MODELS[name]()) == n_params_asc_jax(name) == count, name
         assert tr.n_params(tr.MODELS[name](deploy=True)) == n_params_asc_jax(name, deploy=True) == 124_862
+
 
 def test_logits_match_in_eval_mode_training_and_deploy_form():
     """Full-size Rep-Mobile (4 branches, BN in eval mode) and its fused deploy form: torch
@@ -86,6 +96,7 @@ def test_logits_match_in_eval_mode_training_and_deploy_form():
         np.testing.assert_allclose(torch_deploy(torch.from_numpy(x)[:, None]).numpy(), expected,
                                    atol=TOL, rtol=0)
 
+
 def test_weight_transfer_is_strict():
     tree = tr.to_asc_jax_tree(tr.cp_mobile())
     with pytest.raises(KeyError):  # a 3x3-only tree has no 1x1 / 3x1 / 1x3 branches
@@ -94,6 +105,7 @@ def test_weight_transfer_is_strict():
     with pytest.raises(ValueError):
         tr.load_asc_jax_tree(tr.cp_mobile(), tree)
 
+
 def test_frontend_matches_log_mel():
     wave = waves(3)
     expected = np.asarray(jax.jit(log_mel)(wave))
@@ -101,6 +113,7 @@ def test_frontend_matches_log_mel():
         got = tr.LogMel()(torch.from_numpy(wave)).numpy()
     assert got.shape == expected.shape == (3, 256, 63)
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
 
 def test_freq_mask_draws_one_band_that_asc_jax_applies_identically():
     mel = torch.randn(64, 256, 8)
@@ -112,6 +125,7 @@ def test_freq_mask_draws_one_band_that_asc_jax_applies_identically():
     assert widths.max() > 30 and (widths > 0).all()  # 64 draws of floor(U[0, 48))
     params = {"start": starts, "width": widths, "n_mels": np.full(64, 256)}
     np.testing.assert_array_equal(np.asarray(FreqMaskConfig().apply(mel.numpy(), params)), masked.numpy())
+
 
 def test_one_adam_step_matches():
     """The asc_jax train step (steps.make_train_step, augmentation off) and `TrainStep`: same
@@ -128,7 +142,7 @@ def test_one_adam_step_matches():
                                  AugmentConfig(roll=None, freq_mask=None, mixstyle=None),
                                  steps.classification_loss, jax.random.key(0))
     batch = {"audio": waves(4, seed=2), "label": np.array([0, 3, 7, 9], np.int32)}
-    state, metrics = step(state, batch)
+    state, metrics = step.lower(state, batch).compile(FAST_COMPILE)(state, batch)
 
     counts = bn_counts(reference)
     torch_step = tr.TrainStep(reference, lr, mask_param=None)
@@ -139,7 +153,7 @@ def test_one_adam_step_matches():
     params = flatten(nnx.State(state.params).to_pure_dict())
     stats = flatten(nnx.State(state.batch_stats).to_pure_dict())
     assert set(params) | set(stats) == set(after)
-    grads = {path: p.grad.numpy() for path, p, _ in tr._leaves(reference) if path in params}
+    grads = {path: p.grad.numpy() for path, p, _ in tr.weight_leaves(reference) if path in params}
     checked = 0
     for path, value in params.items():
         got, want = np.asarray(value) - old[path], after[path] - old[path]
@@ -161,6 +175,7 @@ def test_one_adam_step_matches():
             batch_var = (want - (1 - momentum) * old[path]) / momentum * (n - 1) / n
             want = (1 - momentum) * old[path] + momentum * batch_var
         np.testing.assert_allclose(np.asarray(value), want, atol=1e-5, rtol=1e-4, err_msg=str(path))
+
 
 def bn_counts(model):
     """{asc_jax path of a BN: values per channel in its latest input}, kept up to date by hooks."""

@@ -89,7 +89,9 @@ def stft_power(wave: jax.Array, window: np.ndarray, hop_length: int, pad_mode: s
     pad = n_fft // 2
     padded = jnp.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(pad, pad)], mode=pad_mode)
     n_frames = 1 + (padded.shape[-1] - n_fft) // hop_length
-    # Static gather indices: frames are overlapping views of the padded signal.
+    # Static gather indices: frames are overlapping views of the padded signal. (Building them
+    # from hop-sized blocks where the hop divides n_fft, 8 shifted slices for 4096 / 512, measured
+    # no faster on XLA:CPU: the (B, frames, n_fft) copy for the FFT dominates either way.)
     idx = np.arange(n_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
     spec = jnp.fft.rfft(padded[..., idx] * window, n=n_fft, axis=-1)
     return jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
@@ -100,10 +102,34 @@ def power_spectrogram(wave: jax.Array, cfg: MelConfig) -> jax.Array:
     return stft_power(wave, _padded_window(cfg), cfg.hop_length, pad_mode=cfg.pad_mode)
 
 
+# Mel bands per block of `_mel_blocks`.
+_MELS_PER_BLOCK = 16
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_blocks(cfg: MelConfig) -> tuple[tuple[int, int, np.ndarray], ...]:
+    """The filterbank as (first bin, end bin, weights (end - first, mels)) per block of
+    _MELS_PER_BLOCK consecutive bands, cut to the bins where the block has non-zero weights.
+
+    Mel triangles are narrow and ordered by frequency (each FFT bin feeds at most two bands), so
+    the dense (n_fft // 2 + 1, n_mels) product is ~97 % multiplications by zero: for 2049 bins x
+    256 mels the blocks hold 6.6 % of it. Leaving out exact zeros changes only the summation order.
+    """
+    fb = mel_filterbank(cfg)
+    blocks = []
+    for start in range(0, fb.shape[1], _MELS_PER_BLOCK):
+        block = fb[:, start:start + _MELS_PER_BLOCK]
+        rows = np.flatnonzero(np.any(block != 0, axis=1))
+        lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 1)
+        blocks.append((lo, hi, np.ascontiguousarray(block[lo:hi])))
+    return tuple(blocks)
+
+
 def mel_spectrogram(wave: jax.Array, cfg: MelConfig) -> jax.Array:
     """Mel power spectrogram (..., n_mels, n_frames), the same layout as librosa's."""
     power = power_spectrogram(wave, cfg)
-    mel = jnp.matmul(power, mel_filterbank(cfg), precision=jax.lax.Precision.HIGHEST)
+    mel = jnp.concatenate([jnp.matmul(power[..., lo:hi], block, precision=jax.lax.Precision.HIGHEST)
+                           for lo, hi, block in _mel_blocks(cfg)], axis=-1)
     return jnp.swapaxes(mel, -1, -2)
 
 

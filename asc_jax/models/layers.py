@@ -4,14 +4,15 @@ Layers are written so that the *training* form (conv without bias + BatchNorm) a
 form (one conv with bias) have predictable parameter trees: `asc_jax.reparam` folds the former
 into the latter as a pure function on those trees, and `asc_jax.prune` slices them.
 
-How depthwise and 1x1 convs are computed is a model option, `conv_lowering` (see
+How depthwise, 1x1 and other ungrouped convs are computed is a model option, `conv_lowering` (see
 `CONV_LOWERINGS`), never the backend seen while tracing: the graph that complexity counting,
 pruning and quantization trace is then the same on every machine, and the saved model.json says
 which lowering a model ran with. `default_lowering` picks the fast one for a new run.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,12 +48,16 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
 
 # conv_lowering values. Both compute the same convolutions (up to float summation order) with
 # the same parameters, so a model may be saved with one and loaded with the other.
-#   "taps": DepthwiseConv as a sum of shifted slices (`depthwise_taps`), PointwiseConv as a matmul.
-#           XLA:CPU differentiates a grouped convolution through a generic loop ~10x slower than
-#           these elementwise ops, and a 1x1 convolution ~3x slower than the dot_general
-#           (benchmarks/train_step.py), which makes CPU training (CI, the demo) practical.
-#   "xla":  both as `lax.conv_general_dilated` (plain nnx.Conv), which GPUs and TPUs run on
-#           their convolution kernels.
+#   "taps": DepthwiseConv as a sum of shifted slices (`depthwise_taps`), PointwiseConv as a matmul
+#           (`pointwise_matmul`), each with a custom backward pass over batch chunks; DenseConv
+#           (other groups == 1 convs, e.g. the stem) as XLA's convolution with an im2col kernel
+#           gradient. XLA:CPU differentiates a grouped convolution through a generic loop ~10x
+#           slower than these elementwise ops, a 1x1 convolution ~3x slower than the dot_general
+#           (benchmarks/train_step.py), and the plain autodiff of the taps and matmul forms
+#           spends most of its time copying whole-batch intermediates (benchmarks/compare_torch.py),
+#           which makes CPU training (CI, the demo) practical.
+#   "xla":  all as `lax.conv_general_dilated` (plain nnx.Conv) and its autodiff, which GPUs and
+#           TPUs run on their convolution kernels.
 CONV_LOWERINGS = ("taps", "xla")
 
 
@@ -71,27 +76,202 @@ def check_lowering(lowering: str) -> str:
     return lowering
 
 
-def depthwise_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+# Elements per operand in one chunk of the chunked backward passes below (256 KiB of float32):
+# small enough for the per-chunk temporaries to stay in the CPU caches.
+_CHUNK_ELEMENTS = 1 << 16
+
+
+def _chunked_sum(fn: Callable, operands: Sequence[jax.Array], acc: jax.Array, per_row: int) -> jax.Array:
+    """acc + the sum of `fn(*chunks)` over equal slices of the operands' leading axis, each the
+    largest that holds at most _CHUNK_ELEMENTS (`per_row` elements a row), in a loop."""
+    rows = operands[0].shape[0]
+    n = next(d for d in range(max(1, min(rows, _CHUNK_ELEMENTS // max(per_row, 1))), 0, -1) if rows % d == 0)
+
+    def body(i, total):
+        return total + fn(*(jax.lax.dynamic_slice_in_dim(op, i * n, n) for op in operands))
+
+    return jax.lax.fori_loop(0, rows // n, body, acc)
+
+
+def _taps(padded: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int],
+          strides: tuple[int, int]):
+    """(i, j, the (out_h, out_w) strided window of `padded` at offset (i, j)) for every tap."""
+    for i in range(kernel_hw[0]):
+        for j in range(kernel_hw[1]):
+            yield i, j, jax.lax.slice(
+                padded, (0, i, j, 0),
+                (padded.shape[0], i + (out_hw[0] - 1) * strides[0] + 1, j + (out_hw[1] - 1) * strides[1] + 1,
+                 padded.shape[3]),
+                (1, strides[0], strides[1], 1))
+
+
+def _depthwise_geometry(shape: Sequence[int], kernel_hw: tuple[int, int], strides: tuple[int, int]):
+    (kh, kw), (sh, sw) = kernel_hw, strides
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    return (ph, pw), ((shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
+
+
+def _depthwise_forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    kernel_hw = kernel.shape[:2]
+    (ph, pw), out_hw = _depthwise_geometry(x.shape, kernel_hw, strides)
+    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    out = None
+    for i, j, tap in _taps(padded, kernel_hw, out_hw, strides):
+        term = tap * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+def _depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
+                           strides: tuple[int, int]) -> jax.Array:
+    """(kh * kw, C): tap (i, j)'s gradient is sum(x_pad[window (i, j)] * dy)."""
+    (ph, pw), out_hw = _depthwise_geometry(x.shape, kernel_hw, strides)
+    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    return jnp.stack([jnp.sum(tap * dy, axis=(0, 1, 2)) for _, _, tap in _taps(padded, kernel_hw, out_hw, strides)])
+
+
+def _depthwise_input_grad(dy: jax.Array, kernel: jax.Array, in_hw: tuple[int, int],
+                          strides: tuple[int, int]) -> jax.Array:
+    """The stride-1 correlation of dy, dilated by the strides and padded, with the flipped kernel."""
+    kernel_hw = kh, kw = kernel.shape[:2]
+    (ph, pw), out_hw = _depthwise_geometry((0, *in_hw), kernel_hw, strides)
+    low = (kh - 1 - ph, kw - 1 - pw)
+    high = tuple(size + k - 1 - lo - ((out - 1) * s + 1)
+                 for size, k, lo, out, s in zip(in_hw, kernel_hw, low, out_hw, strides))
+    dy_pad = jax.lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (low[0], high[0], strides[0] - 1),
+                                                        (low[1], high[1], strides[1] - 1), (0, 0, 0)))
+    dx = None
+    for i, j, tap in _taps(dy_pad, kernel_hw, in_hw, (1, 1)):
+        term = tap * kernel[kh - 1 - i, kw - 1 - j, 0]
+        dx = term if dx is None else dx + term
+    return dx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    return _depthwise_forward(x, kernel, strides)
+
+
+def _depthwise_taps_fwd(x, kernel, strides):
+    return _depthwise_forward(x, kernel, strides), (x, kernel)
+
+
+def _depthwise_taps_bwd(strides, residuals, dy):
+    x, kernel = residuals
+    kh, kw, _, channels = kernel.shape
+    # The input gradient reads each tap once (one fused loop over the batch); the kernel
+    # gradient's reductions would need every tap materialised, so they run chunk by chunk.
+    dx = _depthwise_input_grad(dy, kernel, x.shape[1:3], strides)
+    dk = _chunked_sum(lambda xc, dyc: _depthwise_kernel_grad(xc, dyc, (kh, kw), strides), (x, dy),
+                      jnp.zeros((kh * kw, channels), kernel.dtype), max(x[0].size, dy[0].size))
+    return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
+
+
+def depthwise_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
     """Depthwise conv (odd kernel, "same" padding) as a sum of strided, shifted slices.
 
     Numerically the same convolution as `lax.conv_general_dilated(..., feature_group_count=C)`
     (only the summation order differs); the "taps" conv_lowering, fast to differentiate on CPU.
+    The forward pass is one fused loop. The backward pass is a custom VJP: differentiated
+    directly, XLA:CPU materialised every shifted tap of the whole batch (9 full-size copies per
+    3x3 layer, recomputed from the previous layer) for the kernel-gradient reductions, over a
+    quarter of a CP-Mobile train step. Here the input gradient is one fused loop and the kernel
+    gradient is summed over batch chunks of ~256 KiB, whose taps stay in cache (CP-Mobile
+    forward + backward at batch 128: 1.5x faster, measured interleaved in one process).
     """
-    kh, kw = kernel.shape[:2]
-    ph, pw = (kh - 1) // 2, (kw - 1) // 2
-    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    out_h = (x.shape[1] + 2 * ph - kh) // strides[0] + 1
-    out_w = (x.shape[2] + 2 * pw - kw) // strides[1] + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = jax.lax.slice(
-                padded, (0, i, j, 0),
-                (x.shape[0], i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, x.shape[3]),
-                (1, strides[0], strides[1], 1))
-            term = tap * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
+    return _depthwise_taps(x, kernel, (int(strides[0]), int(strides[1])))
+
+
+@jax.custom_vjp
+def pointwise_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`x @ kernel` over the channel axis of (..., C_in) activations, a 1x1 conv ("taps").
+
+    Its kernel gradient x^T dy contracts over the leading (batch x space) axis, which XLA:CPU
+    computes from a transposed copy of the whole batch; the custom VJP sums it over chunks of
+    ~256 KiB instead (CP-Mobile forward + backward at batch 128: a further 1.3x, measured
+    interleaved in one process).
+    """
+    return jnp.einsum("...c,co->...o", x, kernel)
+
+
+def _pointwise_matmul_fwd(x, kernel):
+    return jnp.einsum("...c,co->...o", x, kernel), (x, kernel)
+
+
+def _pointwise_matmul_bwd(residuals, dy):
+    x, kernel = residuals
+    dx = jnp.einsum("...o,co->...c", dy, kernel)
+    dk = _chunked_sum(lambda xc, dyc: jnp.einsum("pc,po->co", xc, dyc),
+                      (x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])),
+                      jnp.zeros(kernel.shape, kernel.dtype), max(x.shape[-1], dy.shape[-1]))
+    return dx, dk.astype(kernel.dtype)
+
+
+pointwise_matmul.defvjp(_pointwise_matmul_fwd, _pointwise_matmul_bwd)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _im2col(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], padding,
+            out_hw: tuple[int, int]) -> jax.Array:
+    """(B, out_h, out_w, kh * kw * C) patches, ordered as an HWIO kernel's leading axes."""
+    padded = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    return jnp.concatenate([tap for _, _, tap in _taps(padded, kernel_hw, out_hw, strides)], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding) -> jax.Array:
+    return _xla_conv(x, kernel, strides, padding)
+
+
+def _dense_conv_fwd(x, kernel, strides, padding):
+    return _xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _dense_conv_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    kh, kw, cin, cout = kernel.shape
+    out_hw = dy.shape[1:3]
+
+    def part(xc, dyc):
+        return jnp.einsum("bhwk,bhwo->ko", _im2col(xc, (kh, kw), strides, padding, out_hw), dyc)
+
+    dk = _chunked_sum(part, (x, dy), jnp.zeros((kh * kw * cin, cout), kernel.dtype),
+                      max(out_hw[0] * out_hw[1] * kh * kw * cin, dy[0].size))
+    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), x)
+    return input_vjp(dy)[0], dk.reshape(kernel.shape)
+
+
+_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
+
+
+class DenseConv(nnx.Conv):
+    """A groups == 1 nnx.Conv (any kernel and stride, e.g. a stem conv), computed by XLA's
+    convolution either way; with lowering "taps" its kernel gradient is an im2col matmul summed
+    over batch chunks (a custom VJP), see `CONV_LOWERINGS`. Same parameters as nnx.Conv.
+
+    XLA:CPU's kernel gradient of a strided conv with few input channels (Rep-Mobile's stem:
+    1 -> 8 -> 32 channels, 3x3, stride 2) was the largest single op of the train step; the im2col
+    form halves the stem's backward pass (measured at batch 128) and was faster for a 64 -> 64
+    3x3 conv too.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int], strides: tuple[int, int],
+                 *, use_bias: bool, lowering: str, rngs: nnx.Rngs):
+        super().__init__(in_channels, out_channels, kernel, strides=strides, padding=same_padding(kernel),
+                         use_bias=use_bias, kernel_init=conv_init, rngs=rngs)
+        self.lowering = check_lowering(lowering)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.lowering == "xla":
+            return super().__call__(x)
+        y = _dense_conv(x, self.kernel[...], _pair(self.strides), tuple(tuple(p) for p in self.padding))
+        return y + self.bias[...] if self.bias is not None else y
 
 
 class DepthwiseConv(nnx.Conv):
@@ -129,7 +309,7 @@ class PointwiseConv(nnx.Conv):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.lowering == "xla":
             return super().__call__(x)
-        y = jnp.einsum("...c,co->...o", x, self.kernel[0, 0])
+        y = pointwise_matmul(x, self.kernel[0, 0])
         return y + self.bias[...] if self.bias is not None else y
 
 
@@ -138,7 +318,8 @@ class ConvBN(nnx.Module):
 
     Param tree: {"conv": {"kernel"}, "bn": {"scale", "bias", "mean", "var"}} in training form,
     {"conv": {"kernel", "bias"}} in deploy form. `lowering` (the model's conv_lowering) applies
-    to depthwise and 1x1 stride-1 convs; other convs are always XLA convolutions.
+    to depthwise, 1x1 stride-1 and other groups == 1 convs (`DenseConv`); grouped convs are
+    always XLA convolutions.
     """
 
     def __init__(
@@ -162,6 +343,9 @@ class ConvBN(nnx.Module):
         elif kernel == (1, 1) and _pair(stride) == (1, 1) and groups == 1:
             self.conv = PointwiseConv(in_channels, out_channels, use_bias=deploy, lowering=lowering,
                                       rngs=rngs)
+        elif groups == 1:
+            self.conv = DenseConv(in_channels, out_channels, kernel, _pair(stride), use_bias=deploy,
+                                  lowering=lowering, rngs=rngs)
         else:
             self.conv = nnx.Conv(
                 in_channels,
