@@ -4,14 +4,18 @@
 
 Trains Rep-Mobile at width 48 for 4 epochs on data/synthetic_tau (3,000 training clips,
 generated on first use), then prunes it 48 -> 40 -> 32 (L1 importance, two rounds, widths linear
-in the round) and finetunes 1 epoch after each round; the result (workdir/deploy) has the base-32
+in the round) and finetunes 2 epochs after each round, each round on its own schedule: a fresh
+Adam at peak lr 0.001 (a tenth of the dense phase's 0.01: the sliced model is already trained)
+without warmup, cosine to 0 at the round's last step. The result (workdir/deploy) has the base-32
 widths: 126,952 params / 28,893,268 MACs in the BN form without branches, 124,862 params fused.
-Three ordinary runs (phase0_dense, phase1_w40, phase2_w32); ~15 minutes on 2 CPU cores (about
-10 for the dense phase). Measured eval macro-class accuracy (chance 0.10): 0.91 dense, 0.87 at
-width 40, 0.89 at width 32; the table printed at the end (and workdir/summary.json) lists
-accuracy, params and MACs per phase. Rerunning the command skips finished phases.
+Three ordinary runs (phase0_dense, phase1_w40, phase2_w32); on 2 CPU cores about 10 minutes for
+the dense phase and ~15 in all with 1-epoch rounds; the 2-epoch rounds add one narrower-than-dense
+epoch (and its eval) per round, an estimated 3-5 minutes (not timed): roughly 20 minutes in all.
+Eval macro-class accuracy (chance 0.10): measured results, see README / experiments; the table
+printed at the end (and workdir/summary.json) lists accuracy, params and MACs per phase.
+Rerunning the command skips finished phases.
 Variants: `configs/prune_demo.py:variant=single` (48 -> 32 in one round), width=N, epochs=N
-(dense phase), finetune_epochs=N (per round), split=5|10|25|50|100, seed=N.
+(dense phase), finetune_epochs=N (per round, >= 1), split=5|10|25|50|100, seed=N.
 """
 import dataclasses
 from pathlib import Path
@@ -21,7 +25,7 @@ from asc_jax.prune import PruneConfig
 
 
 def get_config(arg: str | None = None) -> Config:
-    variant = parse_variant(arg, {"variant": "progressive", "width": 48, "epochs": 4, "finetune_epochs": 1,
+    variant = parse_variant(arg, {"variant": "progressive", "width": 48, "epochs": 4, "finetune_epochs": 2,
                                   "split": "100", "seed": 0}, config="prune_demo.py")
     name = variant["variant"]
     if name not in ("single", "progressive"):
@@ -39,5 +43,9 @@ def get_config(arg: str | None = None) -> Config:
             target=(("base_channels", 32),),
             rounds=rounds,
             finetune_epochs=variant["finetune_epochs"],
+            # Rounds of a few epochs: no warmup (it would be a large share of the round), a tenth
+            # of demo.py's dense lr 0.01 as the peak, cosine to 0 within the round.
+            finetune_lr=1e-3,
+            finetune_warmup_epochs=0,
             round_to=8,
         ))

@@ -155,12 +155,12 @@ def test_phase_planning_rules(tmp_path):
     finetune = progressive.phase_config(config, phases[1], {"base_channels": 16}, tmp_path / "init")
     assert finetune.prune is None and finetune.model.init_from == str(tmp_path / "init")
     assert finetune.optim.epochs == 1 and finetune.kd == config.kd and finetune.data == config.data
-    # Fresh optimizer with the recipe; a warmup longer than half the phase is cut so that it decays.
+    # The dense phase trains on config.optim; a round on its own recipe (tests/test_prune_schedule.py).
     recipe = dataclasses.replace(config, optim=dataclasses.replace(config.optim, warmup_epochs=5))
-    assert progressive.phase_config(recipe, phases[0]).optim.warmup_epochs == 5
-    assert progressive.phase_config(recipe, phases[1], {}, "init").optim.warmup_epochs == 0
+    assert progressive.phase_config(recipe, phases[0]).optim == recipe.optim
     long = dataclasses.replace(phases[1], epochs=75)
-    assert progressive.phase_config(recipe, long, {}, "init").optim == dataclasses.replace(recipe.optim, epochs=75)
+    assert progressive.phase_config(recipe, long, {}, "init").optim == dataclasses.replace(
+        recipe.optim, epochs=75, lr=config.prune.finetune_lr, warmup_epochs=0)
     # Explicit widths in the options override the target's base_channels: nothing would be pruned.
     fixed = dataclasses.replace(config, model=ModelConfig(options={**SMALL, "stage_channels": (24, 24, 48)}))
     with pytest.raises(ValueError, match="nothing to prune"):

@@ -10,10 +10,15 @@ Target widths come either from a reference model (`target`: model-config overrid
 base_channels=32: every group gets the width it has in the base-32 model, which is what "prune
 width 96 to width 32" means) or from a uniform sparsity. The "linear" schedule lowers every group's
 width linearly over the rounds (sparsity increasing linearly, 96 -> 64 -> 32 in two rounds).
+
+Each round's finetuning has a recipe of its own (finetune_epochs, finetune_lr,
+finetune_warmup_epochs): a fresh optimizer, a short warmup or none, then cosine to 0 within the
+round, so that every round hands a settled model to the next one rather than one at its peak lr.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -56,6 +61,15 @@ class PruneConfig:
     sparsity: float | None = None  # Instead of `target`: fraction of each prunable group removed.
     rounds: int = 1  # Pruning rounds; each slices the model, then finetunes the narrow one.
     finetune_epochs: int = 0  # Epochs of finetuning after each round.
+    # Peak learning rate of every finetuning round, which is its own warmup_cosine schedule (cosine
+    # to 0 at the round's last step), whatever the dense phase's recipe. A tenth of the students'
+    # dense 0.01: the sliced model starts from trained weights, and a fresh Adam state makes the
+    # first updates about lr per weight whatever the gradient's size, so the dense peak risks
+    # scrambling much of what the round keeps.
+    finetune_lr: float = 1e-3
+    # Linear warmup epochs of each round before its cosine (0: start at finetune_lr). Less than
+    # finetune_epochs, so that every round decays to 0 before the next prunes it.
+    finetune_warmup_epochs: int = 0
     round_to: int = 1  # Intermediate and sparsity-derived widths are multiples of this (e.g. 8).
     input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE  # Batch shape used to trace the model.
 
@@ -75,6 +89,14 @@ class PruneConfig:
             raise ValueError("progressive pruning needs finetune_epochs >= 1 between rounds")
         if self.round_to < 1 or self.finetune_epochs < 0:
             raise ValueError("round_to must be >= 1 and finetune_epochs >= 0")
+        if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
+            raise ValueError(f"finetune_lr must be a finite learning rate > 0, got {self.finetune_lr}")
+        if self.finetune_warmup_epochs < 0:
+            raise ValueError(f"finetune_warmup_epochs must be >= 0, got {self.finetune_warmup_epochs}")
+        if self.finetune_warmup_epochs and self.finetune_warmup_epochs >= self.finetune_epochs:
+            # The round would end at (or before) its peak lr instead of decaying to 0.
+            raise ValueError(f"finetune_warmup_epochs={self.finetune_warmup_epochs} must be less than "
+                             f"finetune_epochs={self.finetune_epochs}: each round must decay after its warmup")
 
 
 @dataclasses.dataclass(frozen=True)

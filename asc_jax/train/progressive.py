@@ -12,8 +12,10 @@ own sub-workdir:
                      channels of every group (PruneConfig.method) down to the widths of round r,
                      slice them out (`prune.slice_model`: a genuinely narrower model), save it to
                      `init/`, then finetune it for prune.finetune_epochs with a fresh optimizer
-                     (the recipe of config.optim, warmup at most half the phase; model.options =
-                     the narrow widths, model.init_from = init/; config.kd kept).
+                     on the round's own schedule (peak prune.finetune_lr after
+                     prune.finetune_warmup_epochs, cosine to 0 at the round's last step; batch,
+                     Adam and clipping settings of config.optim; model.options = the narrow
+                     widths, model.init_from = init/; config.kd kept).
 
 Finetuning the sliced model rather than a masked wide one is what makes this exact for
 Rep-Mobile: GRN mixes all channels of a stream, so a masked model is not the sliced one.
@@ -161,14 +163,17 @@ def phase_config(config: Config, phase: Phase, options: Mapping[str, Any] | None
                  init_from: str | Path | None = None) -> Config:
     """The ordinary training config of one phase (no `prune`; its own epochs, model and init).
 
-    A finetuning phase keeps the optimizer recipe with a fresh state, but its warmup takes at
-    most half of its epochs: a phase no longer than the warmup would otherwise end at the peak
-    learning rate instead of decaying (1 epoch: no warmup, cosine from the peak).
+    The dense phase trains on config.optim's recipe. A finetuning phase (index > 0) starts a
+    fresh optimizer on the round's recipe from config.prune: warmup_cosine with peak
+    finetune_lr after finetune_warmup_epochs, so that the round decays to 0 at its last step
+    (the next round prunes a settled model, and the last phase's model is the result). Only the
+    schedule is the round's own: batch size, Adam betas, weight decay and clipping stay.
     """
     model, optim = config.model, dataclasses.replace(config.optim, epochs=phase.epochs)
     if phase.index > 0:
         model = dataclasses.replace(model, options=dict(options), init_from=str(init_from))
-        optim = dataclasses.replace(optim, warmup_epochs=min(optim.warmup_epochs, phase.epochs // 2))
+        optim = dataclasses.replace(optim, lr=config.prune.finetune_lr, lr_schedule="warmup_cosine",
+                                    warmup_epochs=config.prune.finetune_warmup_epochs)
     return dataclasses.replace(config, prune=None, model=model, optim=optim)
 
 
