@@ -32,8 +32,8 @@ from asc_jax.prune import PruneConfig
 class DataConfig:
     root: str = "data/synthetic_tau"  # Dataset root in TAU layout (meta.csv, split*.csv, audio/).
     generate: bool = True  # Generate the embedded synthetic dataset at `root` if it is missing.
-    # asc_jax.data.synthetic.SyntheticConfig overrides for the generated set (size, seed).
-    synthetic: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # asc_jax.data.synthetic.SyntheticConfig overrides for the generated set (size, seed, profile).
+    synthetic: Mapping[str, int | str] = dataclasses.field(default_factory=dict)
     train_split: str = "100"  # DCASE2024 split: "5", "10", "25", "50" or "100" (percent).
     eval_split: str = "test"  # Split evaluated during and after training.
     cache_audio: bool = True  # Keep decoded 32 kHz clips in RAM after the first read.

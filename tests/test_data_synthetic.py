@@ -3,6 +3,7 @@ classes and devices are really distinguishable."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,6 +24,11 @@ TINY = dict(n_train_per_class_device=1, n_test_per_class_device=1, clips_per_rec
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     return synthetic.generate(tmp_path_factory.mktemp("syn") / "small", workers=2, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def small_realistic(tmp_path_factory):
+    return synthetic.generate(tmp_path_factory.mktemp("syn") / "realistic", workers=2, profile="realistic", **SMALL)
 
 
 def _recording(filename: str) -> str:
@@ -165,12 +171,23 @@ def test_cli(tmp_path, capsys):
                     *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli")
     assert len(tau.load_split(tmp_path / "cli", "100")) == 60
+    assert json.loads((tmp_path / "cli" / synthetic.MARKER).read_text())["params"]["profile"] == "easy"
+    synthetic.main(["--out", str(tmp_path / "cli"), "--workers", "1", "--profile", "realistic",
+                    *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
+    assert json.loads((tmp_path / "cli" / synthetic.MARKER).read_text())["params"]["profile"] == "realistic"
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path / "cli"), "--profile", "hard"])
+    with pytest.raises(ValueError, match="unknown synthetic profile 'hard'"):
+        synthetic.SyntheticConfig(profile="hard")
 
 
 def _band_features(path) -> np.ndarray:
     """A trivial texture feature: mean and standard deviation over time of the log energy in
     40 log-spaced bands (STFT with 1024-sample frames)."""
-    x, sr = sf.read(path, dtype="float32")
+    return _band_features_of(*sf.read(path, dtype="float32"))
+
+
+def _band_features_of(x: np.ndarray, sr: int) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(x, 1024)[::512] * np.hanning(1024)
     power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
     edges = (np.geomspace(50, 16000, 41) * 1024 / sr).astype(int)
@@ -210,3 +227,60 @@ def test_classes_and_devices_are_separable(small):
     gaps = [min(np.sqrt(np.mean((means[u] - means[s]) ** 2)) for s in tau.SEEN_DEVICES)
             for u in tau.UNSEEN_DEVICES]
     assert min(gaps) > 1.0, gaps  # RMS over bands in natural-log power: > 4 dB
+
+
+def _fisher_ratio(x: np.ndarray, y: np.ndarray) -> float:
+    """Between-class over within-class variance of standardised features: how far apart the
+    classes' feature clouds are relative to their spread (0: fully overlapping)."""
+    z = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    labels = np.unique(y)
+    between = np.mean([np.sum(z[y == k].mean(0) ** 2) for k in labels])
+    within = np.mean([np.sum(z[y == k].var(0)) for k in labels])
+    return float(between / within)
+
+
+def _profile_statistics(root) -> dict[str, float]:
+    train, test = tau.load_split(root, "100"), tau.load_split(root, "test")
+    train_x = np.stack([_band_features(root / c.filename) for c in train])
+    test_x = np.stack([_band_features(root / c.filename) for c in test])
+    train_y, test_y = np.array([c.label for c in train]), np.array([c.label for c in test])
+    correct = _nearest_centroid(train_x, train_y, test_x) == test_y
+    seen = np.array([c.device in tau.SEEN_DEVICES for c in test])
+    return {"fisher": _fisher_ratio(train_x, train_y), "nearest_centroid": float(correct.mean()),
+            "nc_seen": float(correct[seen].mean()), "nc_unseen": float(correct[~seen].mean())}
+
+
+def _device_shift_db(cfg: synthetic.SyntheticConfig, device: str, recordings) -> float:
+    """RMS over 40 log bands (dB) of the difference between the same recordings rendered through
+    `device` and through the reference device a (same scene audio: only the device differs)."""
+    def bands(rec, dev):
+        return _band_features_of(synthetic.render_recording(dataclasses.replace(rec, device=dev), cfg),
+                                 cfg.sample_rate)[:40]
+    diffs = [bands(rec, device) - bands(rec, "a") for rec in recordings]
+    return float(np.sqrt(np.mean(np.square(diffs))) * 10.0 / np.log(10.0))
+
+
+def test_realistic_profile_overlaps_classes_and_shifts_devices(small, small_realistic):
+    """Pins the realistic profile's difficulty so it cannot drift back to trivial (issue 17).
+
+    Measured at the time of writing (SMALL sets): Fisher ratio of band-energy statistics 0.85
+    easy / 0.37 realistic; nearest centroid on held-out locations 0.47 / 0.19 (chance 0.1);
+    device shift vs. device a (dB RMS over 40 bands, easy / realistic): b 5.2 / 8.5,
+    s2 5.3 / 6.8, s4 8.9 / 10.0, s6 20.6 / 27.5.
+    """
+    easy, realistic = _profile_statistics(small), _profile_statistics(small_realistic)
+    # Classes overlap far more (shared sources, per-clip mixtures, place colouration) ...
+    assert realistic["fisher"] < 0.5 * easy["fisher"] and realistic["fisher"] < 0.5, (easy, realistic)
+    assert realistic["nearest_centroid"] < easy["nearest_centroid"] - 0.15, (easy, realistic)
+    # ... but stay learnable: well above chance (0.1) even for this trivial classifier.
+    assert realistic["nearest_centroid"] > 0.13, realistic
+    # Devices differ more, the unseen ones most.
+    cfg_easy = synthetic.SyntheticConfig(**SMALL)
+    cfg_real = synthetic.SyntheticConfig(**SMALL, profile="realistic")
+    recordings = [r for r in synthetic.plan(cfg_real)[0] if r.test][::30][:4]
+    shift = {(profile, d): _device_shift_db(cfg, d, recordings)
+             for profile, cfg in (("easy", cfg_easy), ("realistic", cfg_real)) for d in ("b", "s2", "s4", "s6")}
+    for d in ("b", "s2", "s4", "s6"):  # less than the 1.6x / 2.2x in dB: noise floors are not scaled
+        assert shift["realistic", d] > 1.1 * shift["easy", d], shift
+    seen = max(shift["realistic", d] for d in ("b", "s2"))
+    assert min(shift["realistic", d] for d in ("s4", "s6")) > seen, shift

@@ -25,11 +25,15 @@ Modules, in the order the audio is made:
   sources.py     sound sources (babble, engines, whine, impacts, birdsong, bells, vehicles, music)
   scenes.py      SCENES: one recipe per class, mixing sources with the location's character
   devices.py     DEVICE_MODELS and apply_device: a scene recorded through a device
+  profiles.py    PROFILES: "easy" (each recording its own recipe alone; unit tests) and
+                 "realistic" (shared sources, per-clip mixtures, place colouration, stronger
+                 devices; the demos), chosen by SyntheticConfig.profile
   recordings.py  SyntheticConfig, Recording, plan (recordings and nested splits), render_recording
   dataset.py     generate / ensure_dataset: audio/, meta.csv, split files, marker; the CLI's main
 """
 from asc_jax.data.synthetic.dataset import GENERATOR_VERSION, MARKER, ensure_dataset, generate, main
 from asc_jax.data.synthetic.devices import DEVICE_MODELS, DeviceModel, apply_device
+from asc_jax.data.synthetic.profiles import PROFILES, Profile
 from asc_jax.data.synthetic.recordings import (
     CITIES, TRAIN_SPLITS, Recording, SyntheticConfig, plan, render_recording)
 from asc_jax.data.synthetic.scenes import SCENES
@@ -37,6 +41,7 @@ from asc_jax.data.synthetic.scenes import SCENES
 __all__ = [
     "GENERATOR_VERSION", "MARKER", "ensure_dataset", "generate", "main",
     "DEVICE_MODELS", "DeviceModel", "apply_device",
+    "PROFILES", "Profile",
     "CITIES", "TRAIN_SPLITS", "Recording", "SyntheticConfig", "plan", "render_recording",
     "SCENES",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from asc_jax import setup_logging
+from asc_jax.data.synthetic.profiles import PROFILES
 from asc_jax.data.synthetic.recordings import TRAIN_SPLITS, Recording, SyntheticConfig, plan, render_recording
 from asc_jax.data.tau import CLASSES, SPLIT_SUBDIR
 
@@ -109,7 +110,7 @@ def generate(root: str | Path, *, workers: int | None = None, **params) -> Path:
         depend on it.
       **params: SyntheticConfig fields (n_train_per_class_device, n_test_per_class_device,
         clips_per_recording, train_locations_per_class, test_locations_per_class,
-        sample_rate, seed).
+        sample_rate, seed, profile: "easy" or "realistic", see `profiles`).
 
     Returns:
       root as a Path.
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     defaults = SyntheticConfig()
     for field in fields(SyntheticConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=getattr(defaults, field.name))
+        default = getattr(defaults, field.name)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(default), default=default,
+                            **({"choices": sorted(PROFILES)} if field.name == "profile" else {}))
     parser.add_argument("--workers", type=int, default=None, help="rendering threads")
     args = parser.parse_args(argv)
     setup_logging("%(message)s")

@@ -46,20 +46,25 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
 }
 
 
-@lru_cache(maxsize=16)
-def _device_response(device: str, n: int, sr: int) -> np.ndarray:
-    return dsp.readonly(DEVICE_MODELS[device].response(n, sr))
+@lru_cache(maxsize=32)
+def _device_response(device: str, n: int, sr: int, strength: float) -> np.ndarray:
+    # strength scales the response in dB (a power of the magnitude): band edges get steeper,
+    # resonances and notches deeper, and the device's overall colour stays the same.
+    mag = DEVICE_MODELS[device].response(n, sr).astype(np.float64)
+    return dsp.readonly((mag if strength == 1.0 else mag ** strength).astype(F32))
 
 
-def apply_device(spec: np.ndarray, n: int, sr: int, device: str, rng: np.random.Generator) -> np.ndarray:
+def apply_device(spec: np.ndarray, n: int, sr: int, device: str, rng: np.random.Generator,
+                 strength: float = 1.0) -> np.ndarray:
     """Records a scene (given as its spectrum) through a device; returns the float32 waveform.
 
-    Filter, gain (with +-1 dB unit spread), self-noise in the device's band, soft clipping,
-    then mains hum (after the front end, as it couples into the wiring).
+    Filter (its dB response times `strength`, see `profiles.Profile`), gain (with +-1 dB unit
+    spread), self-noise in the device's band, soft clipping, then mains hum (after the front end,
+    as it couples into the wiring).
     """
     model = DEVICE_MODELS[device]
     gain = F32(10.0 ** ((model.gain_db + rng.uniform(-1.0, 1.0)) / 20.0))
-    spec = spec * (_device_response(device, n, sr) * gain)
+    spec = spec * (_device_response(device, n, sr, float(strength)) * gain)
     hiss = dsp.noise_spec(rng, dsp.bandpass(n, sr, model.highpass, model.lowpass, 1) * dsp.slope(n, sr, -1.0))
     spec += hiss * F32(10.0 ** (model.noise_db / 20.0) / dsp.spec_rms(hiss, n))
     y = sfft.irfft(spec, n=n)

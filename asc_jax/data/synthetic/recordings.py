@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sfft
 
-from asc_jax.data.synthetic import dsp
+from asc_jax.data.synthetic import dsp, profiles
 from asc_jax.data.synthetic.devices import apply_device
 from asc_jax.data.synthetic.dsp import F32
 from asc_jax.data.synthetic.scenes import SCENES
@@ -30,8 +30,11 @@ class SyntheticConfig:
     test_locations_per_class: int = 3  # test places, disjoint from the training ones
     sample_rate: int = 44100  # TAU sample rate
     seed: int = 0  # root of every random choice
+    # Difficulty (asc_jax.data.synthetic.profiles): "easy" (unit tests) or "realistic" (demos).
+    profile: str = "easy"
 
     def __post_init__(self):
+        profiles.check_profile(self.profile)
         for name in ("n_train_per_class_device", "n_test_per_class_device"):
             value = getattr(self, name)
             if value <= 0 or value % self.clips_per_recording:
@@ -78,11 +81,46 @@ def render_recording(rec: Recording, cfg: SyntheticConfig) -> np.ndarray:
     canvas = dsp.Canvas(n, sr)
     SCENES.get(CLASSES[rec.scene])(canvas, loc, rng)
     spec = canvas.spectrum(rng)
+    profile = profiles.check_profile(cfg.profile)
+    if profile != profiles.PROFILES["easy"]:
+        spec = _shared_mix(spec, rec, cfg, profile, n)
     # Loudness is a property of the place (plus a little per recording), not of the class.
     level_db = loc.uniform(-32.0, -22.0) + rng.uniform(-2.0, 2.0)
     spec *= F32(10.0 ** (level_db / 20.0) / dsp.spec_rms(spec, n))
-    audio = apply_device(spec, n, sr, rec.device, rng)[:n_out]
+    audio = apply_device(spec, n, sr, rec.device, rng, profile.strength(rec.device))[:n_out]
     return np.clip(audio, -1.0, 32767.0 / 32768.0).astype(F32)
+
+
+def _unit(spec: np.ndarray, n: int) -> np.ndarray:
+    return spec * F32(1.0 / max(dsp.spec_rms(spec, n), 1e-20))
+
+
+def _shared_mix(own: np.ndarray, rec: Recording, cfg: SyntheticConfig, profile: profiles.Profile,
+                n: int) -> np.ndarray:
+    """The recording's own scene mixed with its location's neighbour scenes, the shared urban
+    background and the location's colouration (see `profiles`).
+
+    Draws from streams of their own (3-6), so the own scene's audio is the easy profile's.
+    """
+    sr = cfg.sample_rate
+    place = _seed(cfg, 3, rec.location)  # which neighbours this place hears, how loud, its colour
+    rng = _seed(cfg, 4, rec.segment)  # this recording's drift, background and SNR
+    scenes = place.choice(len(CLASSES), size=profile.neighbours, replace=False,
+                          p=profiles.neighbour_weights(rec.scene, profile))
+    levels = place.uniform(*profile.neighbour_db, size=profile.neighbours)
+    mix = _unit(own, n)
+    for k, (scene, db) in enumerate(zip(scenes, levels)):
+        canvas = dsp.Canvas(n, sr)
+        other = _seed(cfg, 6, rec.segment, k)
+        # The neighbour's character belongs to the place too: same recipe draws at every visit.
+        SCENES.get(CLASSES[scene])(canvas, _seed(cfg, 5, rec.location, k), other)
+        part = _unit(canvas.spectrum(other), n) * F32(10.0 ** (db / 20.0))
+        mix = mix + profiles.drifting(part, rng, n, sr, profile.neighbour_swing_db)
+    if profile.background_snr_db is not None:
+        snr = rng.uniform(*profile.background_snr_db)
+        background = _unit(profiles.urban_background(rng, n, sr), n)
+        mix = mix + background * F32(dsp.spec_rms(mix, n) * 10.0 ** (-snr / 20.0))
+    return (mix * profiles.location_colour(place, n, sr, profile)).astype(np.complex64)
 
 
 def plan(cfg: SyntheticConfig) -> tuple[list[Recording], dict[int, list[Recording]]]:
