@@ -152,6 +152,21 @@ def test_ensure_dataset_generates_once_and_detects_stale_or_partial(tmp_path, mo
         assert "partial" in caplog.text and len(calls) == 3
 
 
+def test_a_retuned_profile_regenerates(tmp_path, monkeypatch, caplog):
+    """The marker holds the profile's numbers, not just its name: a dataset made before the
+    profile was retuned is stale."""
+    root = synthetic.ensure_dataset(tmp_path / "ds", workers=1, profile="realistic", **TINY)
+    calls = []
+    monkeypatch.setattr(synthetic.dataset, "generate", lambda *a, **k: calls.append(k))
+    synthetic.ensure_dataset(root, workers=1, profile="realistic", **TINY)
+    assert calls == []
+    retuned = dataclasses.replace(synthetic.PROFILES["realistic"], neighbours=1)
+    monkeypatch.setitem(synthetic.profiles.PROFILES, "realistic", retuned)
+    with caplog.at_level(logging.WARNING, logger="asc_jax.data.synthetic"):
+        synthetic.ensure_dataset(root, workers=1, profile="realistic", **TINY)
+    assert "the settings of profile 'realistic' changed" in caplog.text and len(calls) == 1
+
+
 def test_refuses_to_overwrite_foreign_directory(tmp_path):
     (tmp_path / "precious.txt").write_text("real data")
     with pytest.raises(FileExistsError, match="refusing to overwrite"):

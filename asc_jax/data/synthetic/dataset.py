@@ -88,7 +88,7 @@ def _clear(root: Path) -> None:
 
 def _write_marker(root: Path, cfg: SyntheticConfig, complete: bool, n_clips: int) -> None:
     marker = {"generator_version": GENERATOR_VERSION, "params": asdict(cfg),
-              "complete": complete, "n_clips": n_clips}
+              "profile_settings": _profile_settings(cfg), "complete": complete, "n_clips": n_clips}
     (root / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
 
 
@@ -156,6 +156,11 @@ def generate(root: str | Path, *, workers: int | None = None, **params) -> Path:
     return root
 
 
+def _profile_settings(cfg: SyntheticConfig) -> dict:
+    # The profile's numbers, not just its name: retuning a profile must regenerate old datasets.
+    return json.loads(json.dumps(asdict(PROFILES[cfg.profile])))
+
+
 def _status(root: Path, cfg: SyntheticConfig) -> str | None:
     """None when root holds a complete dataset for cfg, else why not."""
     try:
@@ -171,6 +176,8 @@ def _status(root: Path, cfg: SyntheticConfig) -> str | None:
         changes = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
                             if old.get(k) != new.get(k))
         return f"parameters differ ({changes})"
+    if marker.get("profile_settings") != _profile_settings(cfg):
+        return f"the settings of profile {cfg.profile!r} changed"
     n_wav = sum(1 for _ in (root / "audio").glob("*.wav")) if (root / "audio").is_dir() else 0
     if n_wav != marker.get("n_clips"):
         return f"{n_wav} wav files, expected {marker.get('n_clips')}"
