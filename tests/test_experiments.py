@@ -1,6 +1,7 @@
 """The experiment runner: plans of every table, aggregation against hand-computed numbers,
 resumability and skipping, and the CLI glue of one smoke table with the training faked (the
 training loop itself is tested end to end in test_train.py, test_prune_e2e.py, test_kd_e2e.py)."""
+import collections
 import csv
 import dataclasses
 import io
@@ -319,9 +320,8 @@ def test_kd_table_builds_its_store_from_finished_teachers(smoke_data, tmp_path, 
         Row("small", "small CNN", "configs/rep_mobile_tau.py"),
         Row("gone", "unregistered", "configs/rep_mobile_tau.py:model=no_such_model")))
     monkeypatch.setitem(TABLES._items, "T3", teachers)
-    monkeypatch.setattr(prepare, "TEACHER_TABLE", "T3")
     grid = Grid(str(smoke_data), tmp_path, seeds=(0,), smoke=True)
-    kd = TABLES.get("IV")
+    kd = dataclasses.replace(TABLES.get("IV"), teachers="T3")
 
     (message,) = prepare.teacher_stores(kd, grid)
     assert "1 unfinished run(s)" in message  # the registered teacher has not run yet
@@ -345,3 +345,263 @@ def test_kd_table_builds_its_store_from_finished_teachers(smoke_data, tmp_path, 
     config = load_run_config(grid.plan(kd)[1])
     assert config.kd.store == str(tmp_path / "IV" / "stores" / "split100") and config.kd.teachers == "cnn"
     assert prepare.teacher_stores(kd, grid)[0].endswith("exists")
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo grid
+# ----------------------------------------------------------------------------------------------
+def _optimizer_steps(config, split):
+    """Optimizer steps `config` takes on the embedded set: every phase's epochs (a pruning run's
+    dense phase, unless it starts from a trained model, and each round's finetuning) times the
+    steps per epoch of `split`."""
+    from asc_jax.experiments.tables import DEMO_TRAIN_CLIPS
+    epochs = config.optim.epochs
+    if config.prune is not None:
+        epochs = (0 if config.model.init_from else epochs) + config.prune.rounds * config.prune.finetune_epochs
+    return epochs * (DEMO_TRAIN_CLIPS[split] // config.optim.batch_size)
+
+
+def _width(config):
+    from asc_jax.models.rep_mobile import RepMobileConfig
+    return config.model.options.get("base_channels", RepMobileConfig().base_channels)
+
+
+def test_demo_grid_plans_teachers_then_students_and_pruning_at_split_100(tmp_path):
+    from asc_jax.experiments.cli import resolve_tables
+    from asc_jax.experiments.runner import Grid
+    from asc_jax.experiments.tables import DEMO_SPLITS
+    teachers, demo = resolve_tables("demo")
+    assert (teachers.name, demo.name) == ("demo-teachers", "demo") and demo.teachers == "demo-teachers"
+    assert [t.name for t in resolve_tables("all")] == ["I", "II", "III", "IV", "V"]
+    assert DEMO_SPLITS == ("5", "25", "100")
+    grid = Grid(str(tmp_path / "tau"), tmp_path / "runs")  # the CLI's defaults: seeds 0, 1, 2
+    teacher_runs, runs = grid.plan(teachers), grid.plan(demo)
+    # Two wide teachers per split, one seed each (an ensemble of two per split).
+    assert sorted((r.row.key, r.split, r.seed) for r in teacher_runs) == sorted(
+        (key, split, 100) for key in ("cp_mobile_w64", "rep_mobile_w64") for split in DEMO_SPLITS)
+    cells = collections.Counter((r.row.key, r.split) for r in runs)
+    students = ("rep_mobile", "cp_mobile", "rep_mobile_kd")
+    pruning = ("direct32", "direct64", "single64to32", "progressive64")
+    assert cells == {**{(k, s): 3 for k in students for s in DEMO_SPLITS}, **{(k, "100"): 3 for k in pruning}}
+    assert {r.seed for r in runs} == {0, 1, 2} and len(runs) == 39
+    assert len({r.workdir for r in runs + teacher_runs}) == 45
+    configs = {(r.row.key, r.split, r.seed): load_run_config(r) for r in runs}
+    assert {c.model.name for (k, _, _), c in configs.items() if k != "cp_mobile"} == {"rep_mobile"}
+    assert {c.model.name for (k, _, _), c in configs.items() if k == "cp_mobile"} == {"cp_mobile"}
+    for (key, split, seed), config in configs.items():
+        assert (config.data.train_split, config.seed, config.data.root) == (split, seed, str(tmp_path / "tau"))
+        assert (config.kd.store != "") == (key == "rep_mobile_kd")
+        assert (config.prune is not None) == (key in ("single64to32", "progressive64"))
+        if key == "rep_mobile_kd":  # one store per split, under the demo table's directory
+            assert config.kd.store == str(tmp_path / "runs" / "demo" / "stores" / f"split{split}")
+            assert config.kd.teachers == "all"
+    # Pruning: 64 -> 32 in one round, 64 -> 48 -> 32 in two, both from the dense width-64 model
+    # the direct64 run of the same seed trains (listed first: rows run in order); direct at 32.
+    from asc_jax.train.progressive import plan_phases
+    assert (_width(configs[("direct32", "100", 0)]), _width(configs[("direct64", "100", 0)])) == (32, 64)
+    assert [p.width for p in plan_phases(configs[("single64to32", "100", 0)])] == [64, 32]
+    assert [p.width for p in plan_phases(configs[("progressive64", "100", 0)])] == [64, 48, 32]
+    keys = [r.row.key for r in runs]
+    assert keys.index("direct64") < keys.index("single64to32") < keys.index("progressive64")
+    for seed in (0, 1, 2):
+        dense = next(r for r in runs if (r.row.key, r.seed) == ("direct64", seed))
+        for key in ("single64to32", "progressive64"):
+            config = configs[(key, "100", seed)]
+            assert config.model.init_from == str(dense.workdir / "model")
+            assert config.model.options == configs[("direct64", "100", seed)].model.options
+
+
+def test_demo_budgets_give_every_split_the_same_optimizer_steps(tmp_path):
+    from asc_jax.experiments.runner import Grid
+    from asc_jax.experiments.tables import (DEMO_SPLITS, DEMO_STEPS, DEMO_TEACHER_STEPS, DEMO_TRAIN_CLIPS,
+                                            DEMO_WARMUP_STEPS)
+    grid = Grid("D", tmp_path)
+    runs = grid.plan(TABLES.get("demo-teachers")) + grid.plan(TABLES.get("demo"))
+    steps, widths = collections.defaultdict(set), collections.defaultdict(set)
+    for run in runs:
+        config = load_run_config(run)
+        per_epoch = DEMO_TRAIN_CLIPS[run.split] // config.optim.batch_size
+        key = (run.table, run.row.key)
+        steps[key].add((run.split, _optimizer_steps(config, run.split)))
+        widths[key].add(_width(config))
+        if config.prune is None:
+            # Warmup: the same number of steps everywhere, up to rounding to whole epochs.
+            assert abs(config.optim.warmup_epochs * per_epoch - DEMO_WARMUP_STEPS) <= per_epoch / 2
+            # Evaluated at the end only, except the direct-training row (configs/demo.py's cadence).
+            if run.row.key != "direct32":
+                assert config.eval_every_epochs == config.optim.epochs
+    for key in (("demo", "rep_mobile"), ("demo", "cp_mobile"), ("demo", "rep_mobile_kd")):
+        by_split = dict(steps[key])
+        assert set(by_split) == set(DEMO_SPLITS) and widths[key] == {32}
+        # 276 steps of 64 clips at split 100 (6 x 46), 275 at split 25 (25 x 11), 276 at split 5 (138 x 2).
+        for split, n in by_split.items():
+            assert abs(n - DEMO_STEPS) <= DEMO_TRAIN_CLIPS[split] // 64 / 2
+    for key in (("demo-teachers", "cp_mobile_w64"), ("demo-teachers", "rep_mobile_w64")):
+        by_split = dict(steps[key])
+        assert widths[key] == {64} and DEMO_TEACHER_STEPS > DEMO_STEPS
+        for split, n in by_split.items():
+            assert abs(n - DEMO_TEACHER_STEPS) <= DEMO_TRAIN_CLIPS[split] // 64 / 2
+        assert min(by_split.values()) > max(n for _, n in steps[("demo", "rep_mobile")])
+    # Pruning rows: direct training at 32 takes as many steps as the wide model's training
+    # (direct64) plus the finetuning of a pruned run.
+    pruned = {k: dict(steps[("demo", k)]) for k in ("direct32", "direct64", "single64to32", "progressive64")}
+    assert all(set(v) == {"100"} for v in pruned.values())
+    direct, dense, single, progressive = (pruned[k]["100"] for k in pruned)
+    assert direct == dense + single == dense + progressive and min(dense, single) > 0
+    assert widths[("demo", "single64to32")] == widths[("demo", "progressive64")] == {64}
+    # The KD stores hold one view per epoch of the students at that split.
+    assert TABLES.get("demo").store_views == {"5": 138, "25": 25, "100": 6}
+
+
+def test_equal_steps_budgets_by_hand():
+    from asc_jax.experiments.tables import equal_steps
+    # Steps per epoch at batch 64: 150 // 64 = 2, 750 // 64 = 11, 3000 // 64 = 46; warmup 46 steps.
+    assert equal_steps(92) == {
+        "5": ("optim.epochs=46", "optim.warmup_epochs=23", "eval_every_epochs=46"),
+        "25": ("optim.epochs=8", "optim.warmup_epochs=4", "eval_every_epochs=8"),
+        "100": ("optim.epochs=2", "optim.warmup_epochs=1", "eval_every_epochs=2")}
+    assert equal_steps(276, ("25",)) == {"25": ("optim.epochs=25", "optim.warmup_epochs=4", "eval_every_epochs=25")}
+    assert equal_steps(10, ("100",))["100"][0] == "optim.epochs=1"  # never zero epochs
+
+
+def test_demo_budgets_count_the_clips_the_generator_writes():
+    """The budgets assume the split sizes and batch of configs/demo.py's dataset; the generator
+    decides them (whole 5-clip recordings per split), so check them against its plan."""
+    from asc_jax.config import load_config
+    from asc_jax.experiments.tables import DEMO_BATCH, DEMO_TRAIN_CLIPS
+    config = load_config("configs/demo.py")
+    cfg = synthetic.SyntheticConfig(**config.data.synthetic)
+    _, splits = synthetic.plan(cfg)
+    assert {str(p): len(recs) * cfg.clips_per_recording for p, recs in splits.items()} == DEMO_TRAIN_CLIPS
+    assert config.optim.batch_size == DEMO_BATCH
+
+
+def _demo_results(tmp_path, accuracy):
+    """Fake finished summaries for every run of the demo table (accuracy(row, split, seed)), and
+    the table's results as collected from them."""
+    table = TABLES.get("demo")
+    runs = plan(table, data="D", workdir=tmp_path, seeds=(0, 1, 2))
+    for run in runs:
+        _fake_summary(run.workdir, accuracy(run.row.key, run.split, run.seed), params=124_862, macs=28_893_268)
+    return table, runs, collect(table, runs)
+
+
+def test_demo_table_and_plot_of_fake_results(tmp_path):
+    from asc_jax.experiments.plot import series
+    rank = {k: i for i, k in enumerate(r.key for r in TABLES.get("demo").rows)}
+    # Row i at split s, seed k: 0.30 + 0.02 i + 0.001 s + 0.01 k -> mean at seed 1, std 0.01.
+    table, runs, results = _demo_results(
+        tmp_path, lambda key, split, seed: 0.30 + 0.02 * rank[key] + 0.001 * int(split) + 0.01 * seed)
+    written = results.write(tmp_path / "out")
+    assert [p.name for p in written] == ["results.md", "results.csv", "accuracy_vs_split.png"]
+
+    md = (tmp_path / "out" / "results.md").read_text().splitlines()
+    header = md.index("| System | Params | MACs | 5% | 25% | 100% |")
+    body = md[header + 2: header + 2 + len(table.rows)]
+    assert body[0] == "| Rep-Mobile | 124.9K | 28.89M | 31.50 ± 1.00 | 33.50 ± 1.00 | 41.00 ± 1.00 |"
+    assert body[2] == ("| Rep-Mobile + KD (CP-Mobile and Rep-Mobile teachers) | 124.9K | 28.89M | "
+                       "35.50 ± 1.00 | 37.50 ± 1.00 | 45.00 ± 1.00 |")
+    # Pruning rows run at split 100 only: no cells elsewhere, and no "(n=...)" warnings.
+    assert body[6] == "| progressively pruned 64 -> 48 -> 32 | 124.9K | 28.89M | – | – | 53.00 ± 1.00 |"
+    assert "![eval macro accuracy vs training split](accuracy_vs_split.png)" in md
+    rows = {r["key"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert rows["direct32"]["split5_n"] == "0" and rows["direct32"]["split100_n"] == "3"
+    assert float(rows["cp_mobile"]["split25_mean"]) == pytest.approx(0.30 + 0.02 + 0.025 + 0.01)
+
+    # What the plot draws: every system's mean and std (%) at the splits it has.
+    lines = {label: (xs, means, stds) for label, xs, means, stds in series(results)}
+    assert list(lines) == [r.label for r in table.rows]
+    xs, means, stds = lines["Rep-Mobile"]
+    assert xs == [5.0, 25.0, 100.0]
+    assert means == pytest.approx([31.5, 33.5, 41.0]) and stds == pytest.approx([1.0, 1.0, 1.0])
+    assert lines["pruned 64 -> 32"][:2] == ([100.0], [pytest.approx(51.0)])
+
+    from matplotlib.image import imread
+    image = imread(tmp_path / "out" / "accuracy_vs_split.png")
+    assert image.shape[:2] == (528, 1100)  # 10 x 4.8 in at 110 dpi
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50  # lines, not a blank canvas
+
+
+def test_plot_handles_missing_seeds_and_tables_over_one_split(tmp_path):
+    from asc_jax.experiments.plot import series
+    # One seed at split 5 (no error bar there), none at all for CP-Mobile.
+    table, runs, _ = _demo_results(tmp_path, lambda key, split, seed: 0.5 + 0.1 * seed)
+    keep = [r for r in runs if r.row.key != "cp_mobile" and not (r.split == "5" and r.seed > 0)]
+    results = collect(table, keep)
+    lines = {label: (xs, means, stds) for label, xs, means, stds in series(results)}
+    assert "CP-Mobile (no extra branches)" not in lines
+    xs, means, stds = lines["Rep-Mobile"]
+    assert xs == [5.0, 25.0, 100.0] and means == pytest.approx([50.0, 60.0, 60.0])
+    assert math.isnan(stds[0]) and stds[1:] == pytest.approx([10.0, 10.0])
+    assert (tmp_path / "o" / "accuracy_vs_split.png") in results.write(tmp_path / "o")
+    # A table over one split gets its table only.
+    single = collect(table, [r for r in runs if r.split == "100"])
+    assert [p.name for p in single.write(tmp_path / "one")] == ["results.md", "results.csv"]
+    assert not (tmp_path / "one" / "accuracy_vs_split.png").exists()
+
+
+def test_demo_grid_smoke_through_the_cli(smoke_data, tmp_path, monkeypatch, capsys):
+    """`python -m asc_jax.experiments demo --smoke`: the teachers run first, their (tiny, real)
+    saved models give the demo table its KD store, built for real, then every student and pruning
+    run gets its planned smoke config; results.md, results.csv and the plot follow. Training
+    itself is faked (train.py's loop is tested end to end in test_train.py, test_prune_e2e.py
+    and test_kd_e2e.py)."""
+    from flax import nnx
+
+    import asc_jax.train
+    from asc_jax.audio.features import MelConfig
+    from asc_jax.checkpoint import save_model
+    from asc_jax.data.tau import CLASSES
+    from asc_jax.distill import read_store
+    from asc_jax.train import progressive
+
+    calls = []
+    tiny = {"base_channels": 8, "n_blocks": (1, 1, 1), "strides": (("b2", (2, 2)),)}
+
+    def fake_run(config, workdir):
+        calls.append((workdir, config))
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        # Models that later steps load: the teachers' (the store precompute runs them for real)
+        # and the dense width-64 ones (the pruned rows' init_from must exist to be planned).
+        if workdir.parts[-4] == "demo-teachers" or workdir.parts[-3] == "direct64":
+            save_model(workdir / "model", build_model(config.model.name, rngs=nnx.Rngs(0), **tiny),
+                       name=config.model.name, options=tiny, mel=dataclasses.asdict(MelConfig()),
+                       class_names=list(CLASSES))
+        summary = {"finished": True, "eval": {"macro_accuracy": 0.25 + 0.01 * len(calls)},
+                   "complexity": {"deploy_form": {"params": 1000, "macs": 2_000_000}}}
+        (workdir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    from asc_jax.models import build_model
+    monkeypatch.setattr(asc_jax.train, "train_and_evaluate", fake_run)
+    monkeypatch.setattr(progressive, "train_and_prune", fake_run)
+    root = tmp_path / "runs"
+    assert main(["demo", "--data", str(smoke_data), "--workdir", str(root), "--smoke"]) == 0
+
+    # Smoke mode: split 100 only, one seed; the teachers first.
+    keys = [(w.parts[-4], w.parts[-3], w.parts[-2], w.parts[-1]) for w, _ in calls]
+    assert keys == [("demo-teachers", "cp_mobile_w64", "split100", "seed100"),
+                    ("demo-teachers", "rep_mobile_w64", "split100", "seed100")] + [
+        ("demo", k, "split100", "seed0") for k in
+        ("rep_mobile", "cp_mobile", "rep_mobile_kd", "direct32", "direct64", "single64to32",
+         "progressive64")]
+    configs = {k[1]: c for k, (_, c) in zip(keys, calls)}
+    assert all(c.optim.epochs == 1 and c.optim.batch_size == 32 for c in configs.values())
+    # Tiny models where the widths are free, the pruning widths where they are not.
+    assert configs["rep_mobile_w64"].model.options["base_channels"] == 8
+    assert configs["rep_mobile"].model.options["base_channels"] == 8
+    assert configs["single64to32"].model.options == configs["direct64"].model.options == {"base_channels": 64}
+    assert configs["progressive64"].model.init_from == str(root / "demo" / "direct64" / "split100" / "seed0" / "model")
+    assert configs["progressive64"].prune.rounds == 2 and configs["progressive64"].prune.finetune_epochs == 1
+    # The KD student trained on a store of both teachers, built from its own config.
+    store = read_store(configs["rep_mobile_kd"].kd.store)
+    assert configs["rep_mobile_kd"].kd.store == str(root / "demo" / "stores" / "split100")
+    assert sorted(store.teacher_names) == ["cp_mobile-cp_mobile_w64.s100", "rep_mobile-rep_mobile_w64.s100"]
+    out = capsys.readouterr().out
+    assert "Table demo-teachers: 2 trained" in out and "Table demo: 7 trained" in out
+    assert "split 100: built" in out
+    md = (root / "demo" / "results.md").read_text()
+    assert "| Rep-Mobile + KD (CP-Mobile and Rep-Mobile teachers) | 1.0K | 2.00M | 30.00 |" in md
+    # Smoke grids have one split: a table, no plot.
+    assert not (root / "demo" / "accuracy_vs_split.png").exists()

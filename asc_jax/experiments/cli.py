@@ -2,8 +2,10 @@
 
 Runs (or, with --dry-run, prints) every run of a table: rows x splits x seeds, each the equivalent
 of one `train.py` command with its own workdir. Rerunning the same command skips finished runs,
-resumes unfinished ones and rewrites `<workdir>/<table>/results.{md,csv}`, which is also refreshed
-after every run. Exit status 1 if any run failed (the others still run).
+resumes unfinished ones and rewrites `<workdir>/<table>/results.{md,csv}` (and, for a table over
+several splits, the plot `accuracy_vs_split.png`), which are also refreshed after every run.
+A grid name (`all`, `demo`) runs several tables in order. Exit status 1 if any run failed (the
+others still run).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from asc_jax import setup_logging
 from asc_jax.experiments.report import collect
 from asc_jax.experiments.prepare import teacher_stores
 from asc_jax.experiments.runner import Grid, Outcome, check, execute
-from asc_jax.experiments.tables import DEFAULT_SEEDS, PAPER_SPLITS, TABLES, Table
+from asc_jax.experiments.tables import DEFAULT_SEEDS, GRIDS, PAPER_SPLITS, TABLES, Table
 
 DEFAULT_WORKDIR = "runs/experiments"
 DEFAULT_SMOKE_WORKDIR = "runs/experiments_smoke"  # smoke configs differ, so never share workdirs
@@ -32,9 +34,12 @@ def _roman(n: int) -> str:
 
 
 def resolve_tables(name: str) -> list[Table]:
-    """"II", "ii", "2" -> [Table II]; "all" -> every table in numeric order."""
-    if name.lower() == "all":
-        return [TABLES.get(n) for n in table_names()]
+    """"II", "ii", "2" -> [Table II]; a grid ("all": the paper's tables in numeric order, "demo":
+    the demo teachers, then the demo table) -> its tables in order; any other table by name."""
+    if name.lower() in GRIDS:
+        return [TABLES.get(n) for n in GRIDS[name.lower()]]
+    if name in TABLES:
+        return [TABLES.get(name)]
     key = _roman(int(name)) if name.isdigit() else name.upper()
     return [TABLES.get(key)]
 
@@ -67,16 +72,18 @@ def _split_list(text: str) -> tuple[str, ...]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m asc_jax.experiments",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", help=f"table to run: {', '.join(table_names())}, 1-5 or 'all'")
+    parser.add_argument("table", help=f"table to run: {', '.join(table_names())}, 1-5, or a grid of "
+                                      f"tables: {', '.join(GRIDS)}")
     parser.add_argument("--data", required=True,
                         help="dataset root (TAU layout); with --smoke the tiny synthetic set is "
                              "generated here")
     parser.add_argument("--workdir", default=None,
                         help=f"experiments root (default {DEFAULT_WORKDIR}, "
                              f"{DEFAULT_SMOKE_WORKDIR} with --smoke)")
-    parser.add_argument("--seeds", type=_int_list, default=DEFAULT_SEEDS, help="comma-separated seeds")
+    parser.add_argument("--seeds", type=_int_list, default=DEFAULT_SEEDS,
+                        help="comma-separated seeds (tables without fixed seeds)")
     parser.add_argument("--splits", type=_split_list, default=PAPER_SPLITS,
-                        help="comma-separated training splits (tables over splits)")
+                        help="comma-separated training splits (tables without fixed splits)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny budgets on a generated synthetic set: first seed, split 100, 1 epoch")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
@@ -123,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     for table in args.tables:
         runs = grid.plan(table)
-        if table.teacher_stores:
+        if table.teachers:
             for message in teacher_stores(table, grid, args.dry_run):
                 print(f"# Table {table.name}: teacher_stores: {message}")
         if args.dry_run:
@@ -137,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         outcomes = execute(runs, after_each=refresh)
         results = collect(table, runs, outcomes)
-        md, table_csv = results.write(out_dir)
+        written = results.write(out_dir)
         print(results.markdown())
-        print(f"Table {table.name}: {_counts(outcomes)}; wrote {md} and {table_csv}")
+        print(f"Table {table.name}: {_counts(outcomes)}; wrote {', '.join(map(str, written))}")
         if any(o.state == "failed" for o in outcomes):
             status = 1
     return status

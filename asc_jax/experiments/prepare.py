@@ -1,12 +1,13 @@
-"""What a table needs before its runs: the KD teacher stores of a table with `Table.teacher_stores`.
+"""What a table needs before its runs: the KD teacher stores of a table with `Table.teachers`.
 
-Table IV distils from teachers that Table III trains: per split, its teacher-logit store is
-precomputed from every finished Table III run at that split (each seed one teacher, named
-`<arch>-<row>.s<seed>`) plus any extra saved teachers (converted PaSST checkpoints fine-tuned on
-that split: `--extra-teachers DIR` with `DIR/split<N>/<model dir>`). Teachers must be trained on
-the student's split only (the DCASE2024 rule), hence one store per split.
+Table IV distils from teachers that Table III trains (the demo grid: "demo" from "demo-teachers"):
+per split, its teacher-logit store is precomputed from every finished run of the teacher table
+at that split (each seed one teacher, named `<arch>-<row>.s<seed>`) plus any extra saved teachers
+(converted PaSST checkpoints fine-tuned on that split: `--extra-teachers DIR` with
+`DIR/split<N>/<model dir>`). Teachers must be trained on the student's split only (the DCASE2024
+rule), hence one store per split.
 
-A store is built once, when every Table III run at its split has finished or been skipped, so
+A store is built once, when every teacher run at its split has finished or been skipped, so
 it never holds a partial ensemble; delete it to rebuild (e.g. after adding teachers). It is
 precomputed from the config of the table's first distilling run at that split (as
 `python -m asc_jax.distill precompute --config <its spec> --set <its overrides>` would), so it
@@ -19,10 +20,8 @@ from pathlib import Path
 from asc_jax.experiments.runner import Grid, check, load_run_config
 from asc_jax.experiments.tables import TABLES, Table
 
-TEACHER_TABLE = "III"
 STORE_DIR = "stores/split{split}"  # under the table's directory; the KD rows' `store=` points here
-STORE_VIEWS = 8  # augmented views per clip (configs/kd_tau.py's precompute example)
-SMOKE_STORE_VIEWS = 2
+SMOKE_STORE_VIEWS = 2  # instead of Table.store_views
 STORE_SEED = 0
 
 
@@ -47,7 +46,7 @@ def teacher_stores(table: Table, grid: Grid, dry_run: bool = False) -> list[str]
       One message per split: the store built, or why it was not (exists, teachers unfinished...).
     """
     from asc_jax import distill
-    teacher_runs = grid.plan(TABLES.get(TEACHER_TABLE))
+    teacher_runs = grid.plan(TABLES.get(table.teachers))
     messages = []
     students = {}  # split -> the config of the first run at that split that distils
     for run in grid.plan(table):
@@ -64,14 +63,14 @@ def teacher_stores(table: Table, grid: Grid, dry_run: bool = False) -> list[str]
         states = [(run, check(run)[0].state) for run in teacher_runs if run.split == split]
         pending = [run for run, state in states if state not in ("cached", "skipped")]
         if pending:
-            messages.append(f"split {split}: no teacher store yet: table {TEACHER_TABLE} has "
+            messages.append(f"split {split}: no teacher store yet: table {table.teachers} has "
                             f"{len(pending)} unfinished run(s) at this split (first: {pending[0].workdir})")
             continue
         pairs = ([(f"{run.row.key}.s{run.seed}", run.workdir) for run, state in states if state == "cached"]
                  + [(None, path) for path in extra_teachers(grid, split)])
         if not pairs:
             messages.append(f"split {split}: no teacher store: no finished teachers in table "
-                            f"{TEACHER_TABLE} and no --extra-teachers")
+                            f"{table.teachers} and no --extra-teachers")
             continue
         if dry_run:
             messages.append(f"split {split}: would build {out} from {len(pairs)} teacher(s)")
@@ -79,6 +78,6 @@ def teacher_stores(table: Table, grid: Grid, dry_run: bool = False) -> list[str]
         # The student's data section generates the tiny smoke dataset if it is not there yet.
         store = distill.precompute(
             out, config=student, teachers=pairs,
-            n_views=SMOKE_STORE_VIEWS if grid.smoke else STORE_VIEWS, seed=STORE_SEED, progress=False)
+            n_views=SMOKE_STORE_VIEWS if grid.smoke else table.store_views, seed=STORE_SEED, progress=False)
         messages.append(f"split {split}: built {out} from {', '.join(store.teacher_names)}")
     return messages

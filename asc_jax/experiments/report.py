@@ -2,8 +2,10 @@
 
 Cells are "mean ± std" of the eval macro-class accuracy (in %) over the seeds that finished, with
 the sample standard deviation (ddof = 1, as for a handful of seeds); a cell with fewer seeds than
-planned says so ("(n=2)"), a single seed shows the mean alone. Params/MACs are those of the fused
-deploy model (`complexity.json` "deploy_form" in each run's summary).
+planned says so ("(n=2)"), a single seed shows the mean alone, and a system not run at a split
+(the demo grid's pruning rows outside split 100) shows "–". Params/MACs are those of the fused
+deploy model (`complexity.json` "deploy_form" in each run's summary). A table over several splits
+also gets a plot of accuracy vs split (`asc_jax.experiments.plot`), linked from results.md.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from asc_jax.experiments.runner import SUMMARY, Outcome, Run, read_summary
 from asc_jax.experiments.tables import Row, Table
 
 METRIC = "macro_accuracy"
+PLOT = "accuracy_vs_split.png"  # written next to results.md for tables over several splits
 COMPLEXITY_FORM = "deploy_form"
 EMPTY = "–"
 
@@ -58,13 +61,17 @@ class TableResults:
     def csv(self) -> str:
         return to_csv(self)
 
-    def write(self, directory: Path) -> tuple[Path, Path]:
-        """Writes results.md and results.csv into `directory`."""
+    def write(self, directory: Path) -> tuple[Path, ...]:
+        """Writes results.md and results.csv into `directory`, and for a table over several
+        splits the plot of accuracy vs split (`asc_jax.experiments.plot`); returns the paths."""
+        from asc_jax.experiments.plot import plot_accuracy_vs_split  # plot imports this module
         directory.mkdir(parents=True, exist_ok=True)
         md, table_csv = directory / "results.md", directory / "results.csv"
         md.write_text(self.markdown())
         table_csv.write_text(self.csv())
-        return md, table_csv
+        if len(self.splits) < 2:
+            return md, table_csv
+        return md, table_csv, plot_accuracy_vs_split(self, directory / PLOT)
 
 
 def collect(table: Table, runs: Sequence[Run], outcomes: Sequence[Outcome] = ()) -> TableResults:
@@ -169,6 +176,8 @@ def to_markdown(results: TableResults) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
+    if len(results.splits) > 1:
+        lines += ["", f"![eval macro accuracy vs training split]({PLOT})"]
     return "\n".join(lines) + "\n"
 
 

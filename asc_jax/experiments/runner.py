@@ -61,7 +61,8 @@ class Grid:
 
     data: str  # Dataset root, passed as `data.root` (smoke mode generates the tiny set there).
     workdir: Path  # Experiments root: runs go to <workdir>/<table>/<row>/split<N>/seed<S>.
-    seeds: tuple[int, ...] = DEFAULT_SEEDS  # Seeds of every cell (smoke mode keeps the first).
+    # Seeds of every cell, for tables without fixed seeds (smoke mode keeps the first).
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
     splits: tuple[str, ...] = PAPER_SPLITS  # For tables over splits (smoke mode: split 100 only).
     smoke: bool = False  # Tiny budgets on the synthetic set (asc_jax.experiments.tables).
     extra: tuple[str, ...] = ()  # `dotted.path=value` overrides applied last, to every run.
@@ -73,25 +74,28 @@ class Grid:
     def plan(self, table: Table) -> list[Run]:
         """The runs of `table`, row-major (row, split, seed), without touching any workdir."""
         splits = tuple(str(s) for s in (table.splits or self.splits))
-        seeds = tuple(self.seeds)
+        seeds = tuple(table.seeds or self.seeds)
         if self.smoke:
             splits, seeds = (SMOKE_SPLIT,), seeds[:1]
         runs = []
         for row in table.rows:
-            for split in splits:
-                spec = self._fill(table, split, (row.smoke_spec or row.spec) if self.smoke else row.spec)
-                overrides = tuple(self._fill(table, split, o) for o in row.overrides)
-                if self.smoke:
-                    overrides += _smoke_overrides(table, spec)
+            for split in (s for s in splits if row.splits is None or s in row.splits):
                 for seed in seeds:
+                    spec = self._fill(table, split, seed, (row.smoke_spec or row.spec) if self.smoke else row.spec)
+                    overrides = tuple(self._fill(table, split, seed, o)
+                                      for o in row.overrides + tuple(row.split_overrides.get(split, ())))
+                    if self.smoke:  # last: tiny budgets replace the row's own
+                        overrides += _smoke_overrides(row, spec)
                     runs.append(Run(table.name, row, split, seed, _with_split(spec, split),
                                     overrides + (f"data.root={self.data}", f"seed={seed}") + self.extra,
                                     self.table_dir(table) / row.key / f"split{split}" / f"seed{seed}"))
         return runs
 
-    def _fill(self, table: Table, split: str, text: str) -> str:
-        """Row specs and overrides may name per-split paths (e.g. the KD teacher store)."""
-        return text.replace("{table_dir}", str(self.table_dir(table))).replace("{split}", split)
+    def _fill(self, table: Table, split: str, seed: int, text: str) -> str:
+        """Row specs and overrides may name per-run paths (the KD teacher store of the split, the
+        model another row's run at the same split and seed trained)."""
+        return (text.replace("{table_dir}", str(self.table_dir(table))).replace("{split}", split)
+                .replace("{seed}", str(seed)))
 
 
 def plan(table: Table, *, data: str | Path, workdir: str | Path, seeds: Sequence[int] = DEFAULT_SEEDS,
@@ -106,9 +110,9 @@ def _with_split(spec: str, split: str) -> str:
     return f"{path}:{variant + ',' if variant else ''}split={split}"
 
 
-def _smoke_overrides(table: Table, spec: str) -> tuple[str, ...]:
+def _smoke_overrides(row: Row, spec: str) -> tuple[str, ...]:
     overrides = SMOKE_OVERRIDES
-    if table.smoke_model_options:
+    if row.smoke_model_options:
         model = _model_name(spec)
         overrides += tuple(f"model.options.{k}={v!r}" for k, v in SMOKE_MODEL_OPTIONS.get(model, {}).items())
     return overrides
@@ -163,9 +167,10 @@ def _model_registered(config: Config) -> str | None:
 def _init_weights(config: Config) -> str | None:
     init = config.model.init_from
     if init and not (Path(init) / "model.json").is_file():
-        return (f"initial weights {init} not found (model.init_from): e.g. PaSST-PT needs the AudioSet "
-                "checkpoint converted first, convert_weights.py --arch passt --torch-ckpt FILE "
-                f"--out {init} --num-classes 10")
+        return (f"initial weights {init} not found (model.init_from): either an earlier run of the grid "
+                "writes them (the demo grid's dense width-64 models: rerun once that run has finished) "
+                "or they are converted first (PaSST-PT: convert_weights.py --arch passt --torch-ckpt "
+                f"FILE --out {init} --num-classes 10)")
     return None
 
 
@@ -208,8 +213,8 @@ def _kd_store(config: Config) -> str | None:
         store = distill.read_store(config.kd.store, check_finite=False)
         distill.resolve_teachers(config.kd.teachers, store.teacher_names)
     except (OSError, ValueError) as e:  # StoreError is a ValueError
-        return (f"teacher store: {e} (table IV builds stores from table III's finished teachers; "
-                "PaSST teachers are converted weights, given with --extra-teachers)")
+        return (f"teacher store: {e} (a KD table builds its stores from its teacher table's finished "
+                "runs, e.g. IV from III; PaSST teachers are converted weights, given with --extra-teachers)")
     return None
 
 

@@ -2,13 +2,17 @@
 
 A row is a system of the table: a display label, a config spec (what `train.py --config` takes,
 without the split, which the runner appends as `split=N`) and `--set` overrides; both may contain
-`{split}` and `{table_dir}` (`<workdir>/<table>`), filled in per run. The runner crosses rows
-with splits and seeds; nothing here runs anything.
+`{split}`, `{seed}` and `{table_dir}` (`<workdir>/<table>`), filled in per run. The runner
+crosses rows with splits and seeds; nothing here runs anything.
 
 Smoke mode (`--smoke`) swaps in tiny budgets so the whole grid runs on the embedded synthetic set
 in CI: `SMOKE_OVERRIDES` for every run, minimal model widths from `SMOKE_MODEL_OPTIONS` where the
-table allows them (looked up by the model the row's config builds), and a row's `smoke_spec`
+row allows them (looked up by the model the row's config builds), and a row's `smoke_spec`
 where budgets are variant arguments of its config (pruning: epochs per finetuning round).
+
+Besides the paper's tables (on TAU22, configs/*_tau.py) there is the demo grid (`GRIDS["demo"]`):
+the structure of Tables II-V at small budgets on the embedded synthetic set (configs/demo.py),
+with the same optimizer steps at every split.
 """
 from __future__ import annotations
 
@@ -63,6 +67,11 @@ class Row:
     overrides: tuple[str, ...] = ()  # `--set` overrides (dotted.path=value).
     smoke_spec: str = ""  # Config spec used instead of `spec` in smoke mode ("" = spec).
     requires: tuple[str, ...] = ()  # Names in `asc_jax.experiments.runner.REQUIREMENTS`.
+    splits: tuple[str, ...] | None = None  # Only these of the table's splits (None = all of them).
+    # Overrides for one split only, after `overrides`: budgets that depend on the split's size.
+    split_overrides: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # Apply SMOKE_MODEL_OPTIONS in smoke mode (not where pruning targets fix the widths).
+    smoke_model_options: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +80,25 @@ class Table:
     title: str  # Heading of results.md.
     rows: tuple[Row, ...]
     splits: tuple[str, ...] | None = None  # Fixed splits; None = the CLI's --splits.
+    seeds: tuple[int, ...] | None = None  # Fixed seeds; None = the CLI's --seeds.
     complexity: bool = True  # Params/MACs columns (where rows differ in size).
-    smoke_model_options: bool = True  # Apply SMOKE_MODEL_OPTIONS in smoke mode.
-    teacher_stores: bool = False  # Build its per-split KD teacher stores before the runs (prepare.py).
+    # The table whose finished runs are this table's KD teachers: its per-split teacher stores
+    # are built from them before its runs (prepare.py). "" = no teacher stores.
+    teachers: str = ""
+    # Augmented views per clip in those stores, per split (default: configs/kd_tau.py's 8).
+    store_views: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {s: 8 for s in PAPER_SPLITS})
 
     def __post_init__(self):
         keys = [r.key for r in self.rows]
         if len(set(keys)) != len(keys):
             raise ValueError(f"table {self.name}: duplicate row keys {keys}")
+        for row in self.rows:  # a row's own splits must be ones the table can run
+            unknown = set(row.splits or ()) | set(row.split_overrides)
+            unknown -= set(self.splits or PAPER_SPLITS)
+            if unknown:
+                raise ValueError(f"table {self.name}, row {row.key}: splits {sorted(unknown)} are not "
+                                 f"among the table's {self.splits or PAPER_SPLITS}")
 
 
 TABLES: Registry[Table] = Registry("experiment table")
@@ -147,7 +167,7 @@ register(Table(
     title="Table IV: knowledge distillation into Rep-Mobile",
     complexity=False,  # one student size throughout
     # Per split, the teacher-logit store comes from table III's finished teachers at that split.
-    teacher_stores=True,
+    teachers="III",
     rows=tuple(
         Row(teachers, label,
             f"configs/kd_tau.py:teachers={teachers},store={{table_dir}}/stores/split{{split}}",
@@ -160,13 +180,128 @@ register(Table(
 register(Table(
     name="V",
     title="Table V: direct training vs. progressive pruning",
-    smoke_model_options=False,  # pruning targets fix the widths
     rows=tuple(
         Row(variant, label, f"configs/prune_tau.py:variant={variant}",
             # One epoch for the dense phase and for each finetuning round.
-            smoke_spec=f"configs/prune_tau.py:variant={variant},epochs=1,finetune_epochs=1")
+            smoke_spec=f"configs/prune_tau.py:variant={variant},epochs=1,finetune_epochs=1",
+            smoke_model_options=False)  # pruning targets fix the widths
         for variant, label in (("direct32", "direct, width 32"), ("direct64", "direct, width 64"),
                                ("direct96", "direct, width 96"), ("single64to32", "pruned 64 -> 32"),
                                ("single96to32", "pruned 96 -> 32"),
                                ("progressive96", "progressively pruned 96 -> 64 -> 32"))),
 ))
+
+# ----------------------------------------------------------------------------------------------
+# The demo grid: the structure of Tables II-V on the embedded synthetic set (configs/demo.py),
+# at budgets a CPU can afford. Every run takes about the same number of optimizer steps at every
+# split (a split-5 run passes over its clips many times, a split-100 run a few), so that the
+# splits differ in data, not in compute.
+# Budgets: configs/demo.py's 276 steps of 64 clips per student run, the budget the generator's
+# realistic profile was tuned at (README, "The embedded dataset"); at a third of it (92 steps) the
+# no-KD baseline sat near 0.2 (chance 0.1), too close to chance to compare methods.
+# Cost (estimated, not measured: ~1.1 s per Rep-Mobile step of 64 clips on an idle 2-core CPU,
+# other models scaled by step-time ratios from benchmarks.train_step, ~30 s of compilation and
+# evaluation per training phase): students ~1.9 h, teachers ~1.6 h, pruning rows ~1.2 h, stores
+# ~0.2 h: about 5 h for 3 seeds, so over the issue's one-hour CPU target; `--seeds 0` runs one seed
+# of the students (~2.5 h with the teachers).
+DEMO_SPLITS: tuple[str, ...] = ("5", "25", "100")
+DEMO_CONFIG = "configs/demo.py"
+DEMO_BATCH = 64  # configs/demo.py's batch size
+# Training clips per split of the set configs/demo.py generates (nested splits of whole 5-clip
+# recordings; tests check these against the generator).
+DEMO_TRAIN_CLIPS: Mapping[str, int] = {"5": 150, "10": 300, "25": 750, "50": 1500, "100": 3000}
+DEMO_STEPS = 276  # Optimizer steps of a student run, at every split (6 epochs of split 100).
+DEMO_WARMUP_STEPS = 46  # Linear warmup: one epoch of split 100, as configs/demo.py.
+DEMO_TEACHER_STEPS = 2 * DEMO_STEPS  # KD teachers train longer than their students...
+DEMO_TEACHER_WIDTH = 64  # ...and wider (base channels; the students have 32).
+# Pruning (split 100 only), in epochs of split 100: the wide model's training (its own row,
+# "direct, width 64"; both pruned rows start from that run's model, so that they compare pruning
+# schedules from the same dense model and it is trained once), then finetuning after pruning,
+# shared equally by the rounds (progressive: 2, so an even number); direct training at width 32
+# gets their sum.
+DEMO_PRUNE_WIDTH = 64  # Pruned to the students' 32 in one round, or via 48 in two.
+DEMO_DENSE_EPOCHS = 6
+DEMO_FINETUNE_EPOCHS = 2
+
+
+def demo_steps_per_epoch(split: str) -> int:
+    return DEMO_TRAIN_CLIPS[split] // DEMO_BATCH  # training drops the last partial batch
+
+
+def demo_epochs(steps: int, split: str) -> int:
+    """The whole number of epochs of `split` closest to `steps` optimizer steps (at least 1)."""
+    return max(1, round(steps / demo_steps_per_epoch(split)))
+
+
+def equal_steps(steps: int, splits: tuple[str, ...] = DEMO_SPLITS) -> dict[str, tuple[str, ...]]:
+    """Per split, the `--set` overrides of a configs/demo.py run of about `steps` optimizer steps
+    with DEMO_WARMUP_STEPS of warmup, evaluated only at the end (the tables report the final
+    model, and every evaluation of the 900 test clips costs CPU time)."""
+    budgets = {}
+    for split in splits:
+        epochs = demo_epochs(steps, split)
+        warmup = round(DEMO_WARMUP_STEPS / demo_steps_per_epoch(split))
+        budgets[split] = (f"optim.epochs={epochs}", f"optim.warmup_epochs={warmup}",
+                          f"eval_every_epochs={epochs}")
+    return budgets
+
+
+register(Table(
+    name="demo-teachers",
+    title=f"Demo teachers: base {DEMO_TEACHER_WIDTH}, {DEMO_TEACHER_STEPS} steps, per split "
+          "(the KD teachers of the demo grid)",
+    splits=DEMO_SPLITS,
+    seeds=(100,),  # one teacher per architecture and split, seeded apart from the students
+    rows=tuple(
+        Row(f"{model}_w{DEMO_TEACHER_WIDTH}", f"{label} (base {DEMO_TEACHER_WIDTH})",
+            f"{DEMO_CONFIG}:model={model}", (f"model.options.base_channels={DEMO_TEACHER_WIDTH}",),
+            split_overrides=equal_steps(DEMO_TEACHER_STEPS))
+        for model, label in (("cp_mobile", "CP-Mobile"), ("rep_mobile", "Rep-Mobile"))),
+))
+
+_DEMO_STUDENT = equal_steps(DEMO_STEPS)
+_DEMO_PRUNE = f"configs/prune_demo.py:width={DEMO_PRUNE_WIDTH},epochs={DEMO_DENSE_EPOCHS}"
+_DEMO_PRUNE_SMOKE = f"configs/prune_demo.py:width={DEMO_PRUNE_WIDTH},epochs=1,finetune_epochs=1"
+_DEMO_DENSE = f"direct{DEMO_PRUNE_WIDTH}"
+# Phase 0 of a pruning run with model.init_from is only evaluated (asc_jax.train.progressive).
+_DEMO_FROM_DENSE = (f"model.init_from={{table_dir}}/{_DEMO_DENSE}/split{{split}}/seed{{seed}}/model",)
+
+register(Table(
+    name="demo",
+    title=f"Demo grid on the embedded synthetic set: architecture (Table II), KD (Table IV) and "
+          f"pruning (Table V, split 100); {DEMO_STEPS} steps of {DEMO_BATCH} clips per student run",
+    splits=DEMO_SPLITS,
+    teachers="demo-teachers",
+    # One stored view per epoch: the KD student meets each augmentation of a clip about once,
+    # as the students without KD do with their fresh ones, at every split.
+    store_views={split: demo_epochs(DEMO_STEPS, split) for split in DEMO_SPLITS},
+    rows=(
+        Row("rep_mobile", "Rep-Mobile", DEMO_CONFIG, split_overrides=_DEMO_STUDENT),
+        Row("cp_mobile", "CP-Mobile (no extra branches)", f"{DEMO_CONFIG}:model=cp_mobile",
+            split_overrides=_DEMO_STUDENT),
+        Row("rep_mobile_kd", "Rep-Mobile + KD (CP-Mobile and Rep-Mobile teachers)",
+            "configs/kd_demo.py:teachers=all,store={table_dir}/stores/split{split}",
+            split_overrides=_DEMO_STUDENT, requires=("kd_store",)),
+        Row("direct32", f"direct, width 32 ({DEMO_DENSE_EPOCHS + DEMO_FINETUNE_EPOCHS} epochs)",
+            f"{DEMO_CONFIG}:epochs={DEMO_DENSE_EPOCHS + DEMO_FINETUNE_EPOCHS}", splits=("100",)),
+        # Listed before the pruned rows, whose runs start from its models.
+        Row(_DEMO_DENSE, f"direct, width {DEMO_PRUNE_WIDTH} ({DEMO_DENSE_EPOCHS} epochs; unpruned)",
+            f"{DEMO_CONFIG}:epochs={DEMO_DENSE_EPOCHS}",
+            (f"model.options.base_channels={DEMO_PRUNE_WIDTH}", f"eval_every_epochs={DEMO_DENSE_EPOCHS}"),
+            splits=("100",), smoke_model_options=False),
+        Row(f"single{DEMO_PRUNE_WIDTH}to32", f"pruned {DEMO_PRUNE_WIDTH} -> 32",
+            f"{_DEMO_PRUNE},variant=single,finetune_epochs={DEMO_FINETUNE_EPOCHS}", _DEMO_FROM_DENSE,
+            splits=("100",), smoke_spec=f"{_DEMO_PRUNE_SMOKE},variant=single", smoke_model_options=False),
+        Row(f"progressive{DEMO_PRUNE_WIDTH}", f"progressively pruned {DEMO_PRUNE_WIDTH} -> 48 -> 32",
+            f"{_DEMO_PRUNE},variant=progressive,finetune_epochs={DEMO_FINETUNE_EPOCHS // 2}",
+            _DEMO_FROM_DENSE, splits=("100",), smoke_spec=f"{_DEMO_PRUNE_SMOKE},variant=progressive",
+            smoke_model_options=False),
+    ),
+))
+
+# Names the CLI accepts besides single tables: several tables run in order.
+PAPER_TABLES: tuple[str, ...] = ("I", "II", "III", "IV", "V")
+GRIDS: Mapping[str, tuple[str, ...]] = {
+    "all": PAPER_TABLES,
+    "demo": ("demo-teachers", "demo"),  # teachers first: the demo table's KD stores need them
+}
