@@ -1,25 +1,28 @@
 """Demo: ensemble knowledge distillation on the embedded synthetic dataset, end to end.
 
-  # 1. two CNN teachers, wider than the student, on the same split (data generated on first use)
-  python train.py --config configs/demo.py:model=cp_mobile,seed=1 \
-      --set model.options.base_channels=48 --workdir runs/demo_teacher_cpm
-  python train.py --config configs/demo.py:seed=2 \
-      --set model.options.base_channels=48 --workdir runs/demo_teacher_rpm
-  # 2. their logits under 4 stored augmentations of every training clip, sampled from this
-  #    (the student's) config's augmentation; written to its kd.store, stores/demo_split100
+  # 1. two CNN teachers, twice as wide as the student and trained twice as long, on the same
+  #    split (data generated on first use)
+  python train.py --config configs/demo.py:model=cp_mobile,seed=1,epochs=12 \
+      --set model.options.base_channels=64 --workdir runs/demo_teacher_cpm
+  python train.py --config configs/demo.py:seed=2,epochs=12 \
+      --set model.options.base_channels=64 --workdir runs/demo_teacher_rpm
+  # 2. their logits under 6 stored augmentations of every training clip (one per student
+  #    epoch), sampled from this (the student's) config's augmentation; written to its kd.store,
+  #    stores/demo_split100
   python -m asc_jax.distill precompute --config configs/kd_demo.py \
-      --teacher runs/demo_teacher_cpm --teacher runs/demo_teacher_rpm --views 4 --seed 0
+      --teacher runs/demo_teacher_cpm --teacher runs/demo_teacher_rpm --views 6 --seed 0
   # 3. the student (configs/demo.py) distilled from them, and the same run without KD
   python train.py --config configs/kd_demo.py --workdir runs/kd_demo
   python train.py --config configs/kd_demo.py:teachers=none --workdir runs/kd_demo_none
 
 The teachers are named cp_mobile-demo_teacher_cpm and rep_mobile-demo_teacher_rpm (both CNNs, so
 teachers=cnn selects the same ensemble as all; a converted PaSST added with --teacher would form
-the transformer ensemble). Runtime: the student runs take as long as configs/demo.py (6 epochs,
-~6-10 minutes on 2 CPU cores; teachers never run during training); each 48-channel teacher costs
-roughly twice that (estimated from its MACs, not measured), the precompute a few minutes. Expect
-the KD student's eval macro accuracy at or above the run without KD, and `agree_ensemble` in
-metrics.jsonl to rise over training.
+the transformer ensemble). Runtime: the student runs take as long as configs/demo.py (276 steps,
+~6-10 minutes on 2 CPU cores; teachers never run during training); a base-64 teacher for 552 steps
+costs roughly 4x that (estimated from step-time ratios, not measured), the precompute a few
+minutes. The same recipe over splits 5/25/100 and 3 seeds is the demo grid
+(`python -m asc_jax.experiments demo`); measured results are in README ("Demo grid"), not
+promised here: whether KD helps on the embedded set is what the grid measures.
 
 Variants: teachers=none|cnn|all, kd=cpjku|paper (asc_jax.distill.KD_PRESETS), store=PATH (default
 stores/demo_split{split}), and those of configs/demo.py: split=N, epochs=N, model=..., seed=N.
