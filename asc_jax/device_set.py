@@ -19,7 +19,6 @@ audio). `update_meta` adds entries (an evaluation) to a written set's manifest, 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -61,11 +60,6 @@ class DeviceModelSet:
         """The member a clip of ``device_id`` goes to: the device itself if the set has a model
         for it, else `BASE` (unseen, "unknown", None or empty ids)."""
         return device_id if device_id in self.devices else BASE
-
-    def model_dir(self, member: str | None) -> Path:
-        """The saved-model directory of a member key or device id (unknown ids: the base)."""
-        key = self.route(member) if member != BASE else BASE
-        return self.base if key == BASE else self.devices[key]
 
     def members(self) -> dict[str, Path]:
         """{member key: saved-model directory}, the base first."""
@@ -193,13 +187,6 @@ def load_members(device_set: DeviceModelSet) -> dict[str, inference.SavedModel]:
     return loaded
 
 
-def _clip_subset(source: sources.ClipSource, rows: np.ndarray) -> sources.ClipSource:
-    """The clips `rows` of `source`, read with the same settings."""
-    return sources.ClipSource([source.clips[i] for i in rows], source.root, sr=source.sr,
-                              clip_seconds=source.clip_seconds, expected_sr=source.expected_sr,
-                              cache=source.cache, resampler=source.resampler)
-
-
 def predict_routed(device_set: DeviceModelSet, waves: np.ndarray | sources.ClipSource,
                    device_ids: Sequence[str | None], *, batch_size: int = 64,
                    loaded: Mapping[str, inference.SavedModel] | None = None) -> RoutedPredictions:
@@ -219,7 +206,7 @@ def predict_routed(device_set: DeviceModelSet, waves: np.ndarray | sources.ClipS
         if (waves.sr, waves.resampler) != (frontend.sample_rate, frontend.resampler):
             raise ValueError(f"{waves!r} reads audio at {waves.sr} Hz ({waves.resampler}); the members of "
                              f"{device_set.directory} take {frontend.sample_rate} Hz ({frontend.resampler})")
-        select = functools.partial(_clip_subset, waves)
+        select = waves.subset
     else:
         waves = np.asarray(waves, np.float32)
         select = waves.__getitem__

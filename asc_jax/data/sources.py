@@ -99,6 +99,15 @@ class ClipSource:
             self.audio(index)
         return info.channels
 
+    def subset(self, rows) -> ClipSource:
+        """The clips `rows` (indices, in that order) read with the same settings, sharing the
+        audio already decoded for them."""
+        rows = [int(i) for i in rows]
+        sub = ClipSource([self.clips[i] for i in rows], self.root, sr=self.sr, clip_seconds=self.clip_seconds,
+                         resampler=self.resampler, expected_sr=self.expected_sr, cache=self.cache)
+        sub._audio = {new: self._audio[old] for new, old in enumerate(rows) if old in self._audio}
+        return sub
+
     def check(self, *, on_error: str = "raise", decode: bool | None = None,
               threads: int | None = None) -> tuple[ClipSource, list[Skipped], int]:
         """Checks every clip once, up front, so that reading the source later cannot fail.
@@ -146,12 +155,7 @@ class ClipSource:
         n_multichannel = sum(c > 1 for c in channels.values())
         if not skipped:
             return self, skipped, n_multichannel
-        keep = sorted(channels)
-        good = ClipSource([self.clips[i] for i in keep], self.root, sr=self.sr, clip_seconds=self.clip_seconds,
-                          resampler=self.resampler,
-                          expected_sr=self.expected_sr, cache=self.cache)
-        good._audio = {new: self._audio[old] for new, old in enumerate(keep) if old in self._audio}
-        return good, skipped, n_multichannel
+        return self.subset(sorted(channels)), skipped, n_multichannel
 
 
 @dataclass(frozen=True)

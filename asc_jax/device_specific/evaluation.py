@@ -105,9 +105,7 @@ def evaluate_set(device_set: DeviceModelSet, data_root: str | Path, split: str =
     base_logits = routed.logits.copy()
     rows = np.flatnonzero(np.asarray(routed.members) != BASE)
     if rows.size:
-        others = sources.ClipSource([clips[i] for i in rows], opened.source.root, sr=frontend.sample_rate,
-                                    resampler=frontend.resampler, cache=False)
-        base_logits[rows] = inference.predict(loaded[BASE].fn, others, batch_size)
+        base_logits[rows] = inference.predict(loaded[BASE].fn, opened.source.subset(rows), batch_size)
     result = dcase2025_metrics(routed.logits, base_logits, [c.label for c in clips], devices,
                                sorted(device_set.devices), device_set.class_names)
     return {"split": str(split), "n_clips": len(clips), "routing": dict(routed.counts), **result}
