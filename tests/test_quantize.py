@@ -409,3 +409,21 @@ def test_evaluate_quantized_cli_on_generated_dataset(setup, tmp_path, capsys):
     spec = json.loads((tmp_path / "int8" / "model.json").read_text())
     assert spec["quant_eval"]["int8_accuracy"] == result["int8"]["accuracy"]
     assert spec["quantization"]["config"] == dataclasses.asdict(Q.QuantConfig())
+
+
+def test_calibration_clips_seeded_draw_and_device_filter(tmp_path):
+    """One draw for the plain CLI and the device-specific members: seeded, in meta.csv order,
+    only the asked device's clips, and a device the split lacks is named."""
+    from asc_jax.data import synthetic
+    from asc_jax.quantize.cli import calibration_clips
+    root = synthetic.ensure_dataset(tmp_path / "d", workers=1, n_train_per_class_device=1, n_test_per_class_device=1,
+                                    clips_per_recording=1, train_locations_per_class=1, test_locations_per_class=1,
+                                    sample_rate=16000)
+    every = tau.load_split(root, "100")
+    picked = calibration_clips(root, "100", n=12, seed=3)
+    assert picked == calibration_clips(root, "100", n=12, seed=3) != calibration_clips(root, "100", n=12, seed=4)
+    assert len(picked) == 12 and [every.index(c) for c in picked] == sorted(every.index(c) for c in picked)
+    only_b = calibration_clips(root, "100", n=100, seed=0, device="b")
+    assert {c.device for c in only_b} == {"b"} and len(only_b) == len([c for c in every if c.device == "b"])
+    with pytest.raises(ValueError, match="no clip of device 's5' in split '100'"):
+        calibration_clips(root, "100", device="s5")

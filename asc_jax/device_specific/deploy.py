@@ -31,7 +31,6 @@ from flax import nnx
 from asc_jax import complexity, export, inference
 from asc_jax.audio.frontends import frontend_of
 from asc_jax.checkpoint import MODEL_FORMS, WEIGHTS, build_float, model_form, read_spec
-from asc_jax.data import sources, tau
 from asc_jax.device_set import BASE, UNKNOWN, DeviceModelSet, write_device_set
 
 FLOAT_PRECISIONS = ("fp32", "fp16")
@@ -129,22 +128,6 @@ def complexity_table(rows: Sequence[MemberComplexity]) -> str:
 # Int8
 # ---------------------------------------------------------------------------------------------
 
-def calibration_clips(data_root: str | Path, split: str, member: str, *, n: int, seed: int) -> list[tau.Clip]:
-    """Up to `n` clips (seeded draw, meta.csv order) of `split` for calibrating `member`: clips of
-    that device for a device's model, of every device for the base.
-
-    Raises:
-      ValueError: the split holds no clip of the member's device.
-    """
-    clips = tau.load_split(data_root, split)
-    if member != BASE:
-        clips = [c for c in clips if c.device == member]
-        if not clips:
-            raise ValueError(f"no clip of device {member!r} in split {split!r} to calibrate its model on")
-    pick = np.sort(np.random.default_rng(seed).choice(len(clips), min(n, len(clips)), replace=False))
-    return [clips[i] for i in pick]
-
-
 def quantize_set(device_set: DeviceModelSet, data_root: str | Path, out: str | Path, *,
                  calib_split: str | None = None, n_calib: int = 256, cfg: Any = None, seed: int = 0,
                  batch_size: int = 64, overwrite: bool = False) -> DeviceModelSet:
@@ -163,6 +146,7 @@ def quantize_set(device_set: DeviceModelSet, data_root: str | Path, out: str | P
       "n_calib", "devices" (those calibrated on), "memory"}}}.
     """
     from asc_jax.quantize import QuantConfig, post_training_quantize, save_quantized
+    from asc_jax.quantize.cli import calibration_clips, clip_features
 
     cfg = QuantConfig() if cfg is None else cfg
     calib_split = calib_split or device_set.meta.get("train_split")
@@ -179,10 +163,10 @@ def quantize_set(device_set: DeviceModelSet, data_root: str | Path, out: str | P
         saved = inference.load(path, form="float")
         if not saved.spec["model"].get("deploy"):
             raise ValueError(f"member {key!r} ({path}) is not a deploy model; quantize a set of fused models")
-        clips = calibration_clips(data_root, str(calib_split), key, n=n_calib, seed=seed)
-        source = sources.ClipSource(clips, data_root, sr=saved.frontend.sample_rate,
-                                    resampler=saved.frontend.resampler, cache=False)
-        mels = inference.predict(jax.jit(saved.frontend.features), source, batch_size)
+        # A device's model is calibrated on its own device's clips, the base on every device's.
+        clips = calibration_clips(data_root, str(calib_split), n=n_calib, seed=seed,
+                                  device=None if key == BASE else key)
+        mels = clip_features(clips, data_root, saved.frontend, batch_size=batch_size)
         int8 = post_training_quantize(saved.model, mels, cfg, batch_size=batch_size)
         calibration = {"split": str(calib_split), "n_calib": len(clips),
                        "devices": sorted({c.device for c in clips})}

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -30,14 +30,36 @@ from asc_jax.quantize.convert import convert_qat, quantize, save_quantized
 from asc_jax.quantize.qat import finetune_qat
 
 
-def calibration_mels(data_root: str | Path, split: str, frontend: Frontend, *, n: int = 256, seed: int = 0,
-                     batch_size: int = 64) -> np.ndarray:
-    """Features (the model's frontend) of `n` clips drawn (seeded) from a split, for `calibrate`."""
+def calibration_clips(data_root: str | Path, split: str, *, n: int = 256, seed: int = 0,
+                      device: str | None = None) -> list[tau.Clip]:
+    """Up to `n` clips of a split (a seeded draw, in meta.csv order), only `device`'s if given
+    (a device-specific model is calibrated on its own device's clips).
+
+    Raises:
+      ValueError: the split holds no clip of `device`.
+    """
     clips = tau.load_split(data_root, split)
+    if device is not None:
+        clips = [c for c in clips if c.device == device]
+        if not clips:
+            raise ValueError(f"no clip of device {device!r} in split {split!r} to calibrate its model on")
     pick = np.sort(np.random.default_rng(seed).choice(len(clips), min(n, len(clips)), replace=False))
-    source = sources.ClipSource([clips[i] for i in pick], data_root, sr=frontend.sample_rate,
-                                 resampler=frontend.resampler, cache=False)
+    return [clips[i] for i in pick]
+
+
+def clip_features(clips: Sequence[tau.Clip], data_root: str | Path, frontend: Frontend, *,
+                  batch_size: int = 64) -> np.ndarray:
+    """The frontend's features of `clips` (read at its rate with its resampler), for `calibrate`."""
+    source = sources.ClipSource(list(clips), data_root, sr=frontend.sample_rate, resampler=frontend.resampler,
+                                cache=False)
     return inference.predict(jax.jit(frontend.features), source, batch_size)
+
+
+def calibration_mels(data_root: str | Path, split: str, frontend: Frontend, *, n: int = 256, seed: int = 0,
+                     batch_size: int = 64, device: str | None = None) -> np.ndarray:
+    """Features (the model's frontend) of `calibration_clips`, for `calibrate`."""
+    clips = calibration_clips(data_root, split, n=n, seed=seed, device=device)
+    return clip_features(clips, data_root, frontend, batch_size=batch_size)
 
 
 def _headline(result: Mapping[str, Any], form: str) -> dict[str, Any]:
