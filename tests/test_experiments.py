@@ -347,6 +347,33 @@ def test_kd_table_builds_its_store_from_finished_teachers(smoke_data, tmp_path, 
     assert prepare.teacher_stores(kd, grid)[0].endswith("exists")
 
 
+def test_a_full_size_store_gets_the_tables_views_for_its_split(tmp_path, monkeypatch):
+    """Outside smoke mode the store of a split is precomputed with that split's view count
+    (Table.store_views[split]); the precompute itself is stubbed (no data, no teachers run)."""
+    import types
+
+    from asc_jax import distill
+    from asc_jax.experiments import prepare
+    from asc_jax.experiments.runner import Grid
+
+    teachers = Table("T3", "teachers", rows=(Row("small", "small CNN", "configs/rep_mobile_tau.py"),))
+    monkeypatch.setitem(TABLES._items, "T3", teachers)
+    grid = Grid("D", tmp_path, seeds=(0,), splits=("25", "100"))
+    kd = dataclasses.replace(TABLES.get("IV"), teachers="T3", store_views={"25": 3, "100": 7})
+    for run in grid.plan(teachers):
+        run.workdir.mkdir(parents=True)
+        (run.workdir / "summary.json").write_text(json.dumps({"finished": True}))
+    calls = {}
+
+    def precompute(out, *, n_views, **kwargs):
+        calls[out.name] = n_views
+        return types.SimpleNamespace(teacher_names=["t"])
+
+    monkeypatch.setattr(distill, "precompute", precompute)
+    assert all(m.endswith("from t") for m in prepare.teacher_stores(kd, grid)), calls
+    assert calls == {"split25": 3, "split100": 7}
+
+
 # ----------------------------------------------------------------------------------------------
 # The demo grid
 # ----------------------------------------------------------------------------------------------

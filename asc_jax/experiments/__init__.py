@@ -10,9 +10,10 @@ teachers it trains first, direct vs single-step vs progressive pruning) on the e
 set, generated on first use, at splits 5/25/100 with the same optimizer steps at every split,
 over seeds 0, 1, 2 (`asc_jax.experiments.tables`, "The demo grid", holds its budgets). It writes
 runs/demo_grid/demo/results.{md,csv} and accuracy_vs_split.png. Cost, estimated (not measured):
-45 runs, 54 training phases and 3 teacher stores; ~2.3 h on an idle 2-core CPU (92 steps of 64
-clips per student run, at ~1.1 s a step for Rep-Mobile, plus ~30 s of compilation per phase),
-more on a shared one; on one GPU the steps take minutes and compilation most of the time.
+45 runs, 54 training phases and 3 teacher stores; ~5 h on an idle 2-core CPU (276 steps of 64
+clips per student run, configs/demo.py's budget, at ~1.1 s a step for Rep-Mobile, plus ~30 s of
+compilation per phase), more on a shared one; on one GPU the steps take minutes and compilation
+most of the time.
 
 Tables are registered in `asc_jax.experiments.tables.TABLES`, grids of several in `GRIDS`;
 results land in `<workdir>/<table>/results.{md,csv}` (+ `accuracy_vs_split.png` over splits).

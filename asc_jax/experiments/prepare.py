@@ -78,6 +78,7 @@ def teacher_stores(table: Table, grid: Grid, dry_run: bool = False) -> list[str]
         # The student's data section generates the tiny smoke dataset if it is not there yet.
         store = distill.precompute(
             out, config=student, teachers=pairs,
-            n_views=SMOKE_STORE_VIEWS if grid.smoke else table.store_views, seed=STORE_SEED, progress=False)
+            n_views=SMOKE_STORE_VIEWS if grid.smoke else table.store_views[split], seed=STORE_SEED,
+            progress=False)
         messages.append(f"split {split}: built {out} from {', '.join(store.teacher_names)}")
     return messages
