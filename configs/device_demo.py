@@ -12,15 +12,18 @@ split, AdamW with weight decay 1e-4, no Freq-MixStyle) scaled to the demo: split
 embedded set holds ~125 clips per device, so batch 32 for 10 epochs (~40 steps per device) at
 lr 1e-3, twice the baseline's 5e-4 because a 6-epoch demo model has further to go than a
 150-epoch one. Runtime on 2 CPU cores, estimated from the demo's step time (not measured): 1-2
-minutes per device, three passes over the 900 test clips included. Expected (not measured
-at this size): the device models' accuracy on their own clips near or above the base's; with
+minutes per device, three passes over the 900 test clips included. It reads configs/demo.py's
+dataset (the realistic profile), as stage 1 does. Expected (not measured at this size): the device models' accuracy on their own clips near or above the base's; with
 tests/test_device_specific.py's tiny model and 50 training clips per device this recipe gained
 6-12 points on four of the six devices and lost 2 and 14 on the other two (50 test clips each, so
 one clip is 2 points). Unseen devices s4-s6 are unchanged: they use the base.
 Variants as configs/device_tau.py: split, device + base (one device as a train.py run), epochs, seed.
 """
+import dataclasses
+from pathlib import Path
+
 from asc_jax.audio.augment import AugmentConfig
-from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig, parse_variant
+from asc_jax.config import Config, ModelConfig, OptimConfig, load_config, parse_variant
 from asc_jax.device_specific import device_variant
 
 VARIANTS = {"split": "25", "device": None, "base": None, "epochs": 10, "seed": 0}  # key -> default
@@ -30,7 +33,9 @@ def get_config(arg: str | None = None) -> Config:
     variant = parse_variant(arg, VARIANTS, config="device_demo.py")
     config = Config(
         seed=variant["seed"],
-        data=DataConfig(root="data/synthetic_tau", generate=True, train_split=variant["split"]),
+        # configs/demo.py's dataset (root, realistic profile), which stage 1 trained on.
+        data=dataclasses.replace(load_config(str(Path(__file__).with_name("demo.py"))).data,
+                                 train_split=variant["split"]),
         model=ModelConfig(),  # replaced by the base's (device_config)
         optim=OptimConfig(lr=1e-3, epochs=variant["epochs"], warmup_epochs=1, batch_size=32, weight_decay=1e-4),
         augment=AugmentConfig(mixstyle=None),
