@@ -11,8 +11,10 @@ widths: 126,952 params / 28,893,268 MACs in the BN form without branches, 124,86
 Three ordinary runs (phase0_dense, phase1_w40, phase2_w32). Measured (seed 0, one run, the
 realistic profile, on the project's 2-core CPU machine while shared with other jobs: 22 min),
 eval macro-class accuracy (chance 0.10): 0.679 dense at width 48, 0.668 after the round to 40,
-0.671 after the round to 32 (seen devices 0.743, unseen 0.510). With the old recipe (the easy
-profile, 64 -> 48 -> 32, 1-epoch rounds that were all warmup) the first round ended at 0.16. The table printed at the
+0.671 after the round to 32 (real devices a/b/c 0.760, seen simulated s1-s3 0.743, unseen
+s4-s6 0.510). As the issue measured it before
+any fix (the easy profile, 64 -> 48 -> 32, 1-epoch rounds that were all warmup, ending at the
+peak lr), the first round ended at 0.16. The table printed at the
 end (and workdir/summary.json) lists accuracy, params and MACs per phase.
 Rerunning the command skips finished phases.
 Variants: `configs/prune_demo.py:variant=single` (48 -> 32 in one round), width=N, epochs=N

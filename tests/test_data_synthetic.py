@@ -179,6 +179,13 @@ def test_invalid_config():
         synthetic.SyntheticConfig(n_train_per_class_device=5, clips_per_recording=2)
     with pytest.raises(TypeError, match="unknown synthetic dataset parameter"):
         synthetic.generate("/nonexistent", n_train=3)
+    # A profile that cannot be rendered fails when it is made, not in a rendering thread.
+    with pytest.raises(ValueError, match="need cross_group_weight > 0"):
+        synthetic.Profile(neighbours=3, cross_group_weight=0.0)
+    with pytest.raises(ValueError, match="only 9 other classes"):
+        synthetic.Profile(neighbours=10)
+    with pytest.raises(ValueError, match="invalid synthetic profile"):
+        synthetic.Profile(neighbour_db=(0.0, -6.0))
 
 
 def test_cli(tmp_path, capsys):

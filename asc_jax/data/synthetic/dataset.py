@@ -54,6 +54,13 @@ def _write_tsv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]])
         writer.writerows(rows)
 
 
+def _cli_args(cfg: SyntheticConfig) -> str:
+    """The CLI options that reproduce `cfg` (every field that differs from its default)."""
+    defaults = SyntheticConfig()
+    return " ".join(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(SyntheticConfig)
+                    if getattr(cfg, f.name) != getattr(defaults, f.name))
+
+
 def _readme(cfg: SyntheticConfig, n_clips: int) -> str:
     params = "\n".join(f"- {k}: {v}" for k, v in asdict(cfg).items())
     return f"""# Synthetic acoustic scenes (NOT real recordings)
@@ -67,7 +74,7 @@ the code paths are the same, but results on this data say nothing about real sce
 Parameters:
 {params}
 
-Regenerate with: python -m asc_jax.data.synthetic --out <dir> --seed {cfg.seed}
+Regenerate with: python -m asc_jax.data.synthetic --out <dir> {_cli_args(cfg)}
 
 ## License
 The generated data is dedicated to the public domain (CC0 1.0): use it for anything.
