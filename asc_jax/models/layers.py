@@ -207,7 +207,7 @@ def _pointwise_matmul_bwd(residuals, dy):
     dk = _chunked_sum(lambda xc, dyc: jnp.einsum("pc,po->co", xc, dyc),
                       (x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])),
                       jnp.zeros(kernel.shape, kernel.dtype), max(x.shape[-1], dy.shape[-1]))
-    return dx, dk.astype(kernel.dtype)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 pointwise_matmul.defvjp(_pointwise_matmul_fwd, _pointwise_matmul_bwd)
