@@ -43,6 +43,10 @@ class DataConfig:
     # device): DCASE2025's device-specific fine-tuning (asc_jax.device_specific). The eval split
     # is never filtered, so a device's run is still measured on every device.
     devices: tuple[str, ...] = ()
+    # Keep the training split on the accelerator (int16 waveforms, one scale per clip) and draw
+    # every batch there: shuffle, roll and gather run inside the jitted step, so the host only
+    # dispatches (asc_jax.train.device_data). Off: the grain pipeline feeds batches from the host.
+    on_device: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +84,23 @@ class OptimConfig:
     ramp_down_start: int = 3
     ramp_down_epochs: int = 10
     last_lr_factor: float = 0.01
+    # Optimiser steps per host dispatch: > 1 runs them as one `lax.scan` (where dispatch, not
+    # compute, bounds a small model on a fast accelerator). Logging, evaluation and checkpoints
+    # still happen at their usual steps: a dispatch never crosses an epoch's end.
+    steps_per_dispatch: int = 1
+    # "bfloat16": the train step computes the model in bfloat16 (parameters and features cast
+    # inside the step); master weights, optimiser state, BatchNorm statistics and the loss stay
+    # float32. Evaluation and the saved models are float32.
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.lr_schedule not in ("warmup_cosine", "exp_warmup_linear_down"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; known: warmup_cosine, "
                              "exp_warmup_linear_down")
+        if self.steps_per_dispatch < 1:
+            raise ValueError(f"optim.steps_per_dispatch must be >= 1, got {self.steps_per_dispatch}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"optim.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
 
     def schedule(self, steps_per_epoch: int) -> optax.Schedule:
         if self.lr_schedule == "exp_warmup_linear_down":

@@ -103,9 +103,10 @@ def setup(config: ParallelConfig | int | None = None) -> Mesh:
     return mesh
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over "data", other axes whole."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Axis `axis` (the batch: 0, or 1 under a leading steps axis) split over "data", other axes
+    whole."""
+    return NamedSharding(mesh, PartitionSpec(*(None,) * axis, DATA_AXIS))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -147,23 +148,24 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
+def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
     """A host batch (nested dict of numpy arrays, this process's rows) -> global sharded arrays.
 
     Each process passes its own `per_process_batch_size` rows; the global batch is their
     concatenation in process order. On one host this is a plain scatter over the devices.
+    `axis` is the batch axis (1 for k batches stacked on a leading axis).
 
     Raises:
       ValueError: naming the field whose rows do not split over this process's devices.
     """
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, axis)
     local = len(mesh.local_devices)
 
     def put(path, x):
         x = np.asarray(x)
-        if x.ndim == 0 or x.shape[0] % local:
-            raise ValueError(f"batch field {jax.tree_util.keystr(path)} has shape {x.shape}: its leading "
-                             f"axis must split evenly over this process's {local} devices")
+        if x.ndim <= axis or x.shape[axis] % local:
+            raise ValueError(f"batch field {jax.tree_util.keystr(path)} has shape {x.shape}: its batch "
+                             f"axis {axis} must split evenly over this process's {local} devices")
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree_util.tree_map_with_path(put, batch)
@@ -177,6 +179,11 @@ def put_state(state: Any, mesh: Mesh) -> Any:
 def put_batch(batch: Any, mesh: Mesh) -> Any:
     """A host batch sharded along its leading axis over `mesh` (see `shard_batch`)."""
     return shard_batch(batch, mesh)
+
+
+def put_batches(batches: Any, mesh: Mesh) -> Any:
+    """k host batches stacked on a leading axis, each sharded like `put_batch`'s."""
+    return shard_batch(batches, mesh, axis=1)
 
 
 def put_eval_batch(batch: Any, mesh: Mesh) -> Any:

@@ -15,6 +15,13 @@ as configs/passt_tau.py) follows the student rows: a small PaSST (192-wide, 4 bl
 on CPU, PaSST-S (86 M parameters) on an accelerator; `--passt none` leaves it out, and
 `--passt-options '{"remat": true, "compute_dtype": "bfloat16"}'` times the memory options.
 
+`--steps-per-dispatch K` adds the GPU pipeline's rows: the training split resident on the device
+(`data.on_device`: int16 waveforms, shuffle, roll and gather inside the program) with one step
+and with K steps per dispatch (`optim.steps_per_dispatch`, a `lax.scan`), timed per step over
+whole dispatches. `--compute-dtype bfloat16` runs every row in the bfloat16 compute mode
+(`optim.compute_dtype`). Every row states the extrapolated wall time of the paper's full recipe
+(150 epochs of split 100, 139,620 clips) at its throughput, compile excluded.
+
 `--compare-xla-convs` adds a row where DepthwiseConv/PointwiseConv run as plain `nnx.Conv`
 (XLA's grouped-convolution lowering) instead of the taps/matmul forms `asc_jax.models.layers`
 uses on CPU, to measure what those forms buy.
@@ -34,12 +41,14 @@ from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import FRONTENDS, Frontend, logmel
 from asc_jax.models import build_model, layers
-from asc_jax.train import steps
+from asc_jax.train import device_data, dispatch, steps
 from asc_jax.train.state import create_train_state
 from benchmarks import common
 
-COLUMNS = ("model", "conv_lowering", "batch", "params", "build_s", "trace_lower_s", "compile_s",
-           "step_ms", "step_cpu_ms", "clips_per_s", "peak_host_mb", "peak_device_mb")
+COLUMNS = ("model", "conv_lowering", "data", "dtype", "batch", "params", "build_s", "trace_lower_s", "compile_s",
+           "step_ms", "step_cpu_ms", "clips_per_s", "full_recipe_h", "peak_host_mb", "peak_device_mb")
+# The paper's recipe: 150 epochs of split 100 (139,620 training clips).
+FULL_RECIPE_CLIPS = 150 * 139_620
 
 
 @contextlib.contextmanager
@@ -58,40 +67,62 @@ PASST_RECIPE = {"n_classes": 10, "s_patchout_f": 6}  # configs/passt_tau.py
 
 
 def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed: int,
-            frontend: Frontend = logmel(MelConfig()), lowering: str = "auto") -> dict:
-    """Builds, compiles and times the train step; returns one table row."""
-    # The roll runs on the host (grain); the band is drawn at the frontend's resolution.
+            frontend: Frontend = logmel(MelConfig()), lowering: str = "auto", *, on_device: bool = False,
+            steps_per_dispatch: int = 1, compute_dtype: str = "float32") -> dict:
+    """Builds, compiles and times the train step; returns one table row.
+
+    Host data (default): two numpy batches alternate, transferred at every step, as grain's are.
+    on_device: a split of 8 batches' worth of int16 clips lives on the device and each dispatch
+    runs `steps_per_dispatch` steps on batches drawn there (`dispatch.on_device`)."""
+    # Host data: the roll ran on the host (grain); on device it is part of the program.
     aug = augment.AugmentConfig(roll=None, freq_mask=augment.FreqMaskConfig(n_mels=frontend.n_mels))
     n_samples = frontend.sample_rate  # 1-s clips, as in DCASE2024 Task 1
     rng = np.random.default_rng(seed)
-    batches = [{"audio": rng.normal(0, 0.1, (batch_size, n_samples)).astype(np.float32),
-                "label": rng.integers(0, 10, batch_size).astype(np.int32)} for _ in range(2)]
+    k = steps_per_dispatch if on_device else 1
     with common.PeakMemory() as mem:
         t0 = time.perf_counter()
         model = build_model(model_name, rngs=nnx.Rngs(params=seed, default=seed + 1), **options)
         tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 0.01, 10, 1000))
         graphdef, state = create_train_state(model, tx)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        step = steps.make_train_step(graphdef, tx, frontend, aug, steps.classification_loss,
-                                     jax.random.key(seed))
+        step_fn = steps.train_step_fn(graphdef, tx, frontend, aug, steps.classification_loss,
+                                      jax.random.key(seed), compute_dtype=compute_dtype)
+        if on_device:
+            audio = rng.normal(0, 0.1, (8 * batch_size, n_samples)).astype(np.float32)
+            q, scale = device_data.quantize_int16(audio)
+            split = jax.device_put(device_data.DeviceSplit(q, scale, rng.integers(0, 10, len(q)).astype(np.int32), {}))
+            run = dispatch.on_device(step_fn, key=jax.random.key(seed + 2), batch_size=batch_size,
+                                     roll=augment.RollConfig(), sr=frontend.sample_rate)
+            inputs = [(split,)] * 2  # k is static: the compiled program takes the rest
+            lower = lambda: run.lower(state, split, k)  # noqa: E731
+        else:
+            batches = [{"audio": rng.normal(0, 0.1, (batch_size, n_samples)).astype(np.float32),
+                        "label": rng.integers(0, 10, batch_size).astype(np.int32)} for _ in range(2)]
+            run = jax.jit(step_fn, donate_argnums=0)
+            inputs = [(b,) for b in batches]
+            lower = lambda: run.lower(state, batches[0])  # noqa: E731
         t1 = time.perf_counter()
-        lowered = step.lower(state, batches[0])
+        lowered = lower()
         t2 = time.perf_counter()
         compiled = lowered.compile()
         t3 = time.perf_counter()
         i = 0
 
-        def one_step():
+        def one_dispatch():
             nonlocal state, i
-            state, metrics = compiled(state, batches[i % 2])
+            args = inputs[i % 2]
+            state, metrics = compiled(state, *args)
             i += 1
             jax.block_until_ready(metrics)
 
-        timing = common.time_calls(one_step, iters=n_steps, warmup=1)
-    return {"model": model_name, "conv_lowering": lowering, "batch": batch_size, "params": n_params,
+        timing = common.time_calls(one_dispatch, iters=max(1, n_steps // k), warmup=1)
+    step_s = timing.median / k
+    data = f"device, {k}/dispatch" if on_device else "host"
+    return {"model": model_name, "conv_lowering": lowering, "data": data, "dtype": compute_dtype,
+            "batch": batch_size, "params": n_params,
             "build_s": t1 - t0, "trace_lower_s": t2 - t1, "compile_s": t3 - t2,
-            "step_ms": 1000 * timing.median, "step_cpu_ms": 1000 * timing.cpu_median,
-            "clips_per_s": batch_size / timing.median,
+            "step_ms": 1000 * step_s, "step_cpu_ms": 1000 * timing.cpu_median / k,
+            "clips_per_s": batch_size / step_s, "full_recipe_h": FULL_RECIPE_CLIPS * step_s / batch_size / 3600,
             "step_times_s": list(timing.times), **mem.columns()}
 
 
@@ -106,24 +137,36 @@ def main(argv=None) -> dict:
     parser.add_argument("--passt", choices=("auto", "none", *PASST_SIZES), default="auto",
                         help="PaSST row: small, passt_s, none; auto = passt_s on an accelerator, else small")
     parser.add_argument("--passt-options", type=json.loads, default={}, help="JSON PaSST overrides")
+    parser.add_argument("--steps-per-dispatch", type=int, default=0,
+                        help="add rows with the split on the device, 1 and this many steps per dispatch")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the train step's compute dtype (optim.compute_dtype), every row")
     args = parser.parse_args(argv)
     batch = args.batch_size or (32 if args.quick else 128)
     n_steps = args.steps or (2 if args.quick else 10)
-    rows = [measure(args.model, args.model_options, batch, n_steps, args.seed)]
+    dtype = {"compute_dtype": args.compute_dtype}
+    rows = [measure(args.model, args.model_options, batch, n_steps, args.seed, **dtype)]
+    for k in sorted({1, args.steps_per_dispatch}) if args.steps_per_dispatch else ():
+        rows.append(measure(args.model, args.model_options, batch, max(n_steps, k), args.seed, on_device=True,
+                            steps_per_dispatch=k, **dtype))
     if args.compare_xla_convs:
         with xla_conv_lowering():
-            rows.append(measure(args.model, args.model_options, batch, n_steps, args.seed, lowering="xla"))
+            rows.append(measure(args.model, args.model_options, batch, n_steps, args.seed, lowering="xla", **dtype))
     size = args.passt if args.passt != "auto" else ("small" if jax.default_backend() == "cpu" else "passt_s")
     if size != "none":
         row = measure("passt", {**PASST_RECIPE, **PASST_SIZES[size], **args.passt_options}, batch, n_steps,
-                      args.seed, frontend=FRONTENDS.get("passt")({}), lowering="n/a")
+                      args.seed, frontend=FRONTENDS.get("passt")({}), lowering="n/a", **dtype)
         rows.append({**row, "model": f"passt ({size})"})
     mel = MelConfig()
     notes = [f"1-s clips at {mel.sample_rate} Hz, log-mel {mel.n_mels}x{mel.n_frames(mel.sample_rate)} on "
              "device, freq-mask + Freq-MixStyle, Adam; step_ms is the median wall time of the timed steps "
              "after one warm-up step, step_cpu_ms the median CPU time of this process (all threads) in them; "
              "compile time is not included in clips_per_s. The PaSST row runs PaSST's frontend (128 "
-             "mels x 100 frames), its frequency mask and patchout (6 of 12 rows), as configs/passt_tau.py."]
+             "mels x 100 frames), its frequency mask and patchout (6 of 12 rows), as configs/passt_tau.py. "
+             "data: host = a numpy batch transferred per step (the grain pipeline's own cost is "
+             "benchmarks.data_pipeline); device = the split resident on the device (data.on_device), "
+             "k steps per dispatch (optim.steps_per_dispatch), times per step. full_recipe_h: 150 epochs "
+             "x 139,620 clips at this throughput, compile excluded."]
     return common.report("train_step", rows, args, columns=COLUMNS, notes=notes)
 
 

@@ -399,6 +399,10 @@ def test_store_extras_hook(tmp_path, tiny_tau):
         assert out["aug"]["roll"]["shift"] == store.aug["roll"]["shift"][row, view]
         assert out["aug"]["freq_mask"]["start"] == store.aug["freq_mask"]["start"][row, view]
     assert seen_views == {0, 1}
+    # All views at once, in dataset order (the split kept on the device draws from these).
+    every = hook.all_views()
+    np.testing.assert_array_equal(every["teacher_logits"], store.logits[::-1][:, :, [1]])
+    np.testing.assert_array_equal(every["aug"]["roll"]["shift"], store.aug["roll"]["shift"][::-1])
     with pytest.raises(distill.StoreError, match="lacks 1"):
         distill.StoreExtras(tmp_path / "s", dataset_files + ["audio/x.wav"], TAU_CLASSES, augment=student,
                             sample_rate=32000)

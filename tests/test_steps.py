@@ -7,8 +7,10 @@ the first conv + BN, and against the same model run in train mode through NNX fo
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from asc_jax import inference
@@ -175,3 +177,34 @@ def test_a_frontend_with_its_own_training_draw_gets_the_step_key():
     np.testing.assert_allclose(float(metrics["loss"]), ce, rtol=1e-5)
     plain = _cross_entropy(forward(ref_b, frontend.features(batch["audio"])), batch["label"])
     assert abs(plain - ce) > 1e-4
+
+
+def test_bfloat16_compute_follows_the_float32_step_and_keeps_float32_state():
+    """optim.compute_dtype="bfloat16": one SGD step from the same state gives the float32 step's
+    loss to bfloat16 precision and moves the weights the same way, while parameters, BatchNorm
+    statistics and the optimiser state stay float32 (master weights). Measured on this small
+    random model: loss rel. diff ~1e-3, cosine of the two whole updates 0.90 (per tensor 0.43-1.0,
+    lowest in the first stage, the end of the longest bfloat16 backward chain). Whether that
+    noise costs accuracy is tests/test_train.py's bfloat16 run."""
+
+    model = _tiny_model()
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        graphdef, state = create_train_state(nnx.clone(model), optax.sgd(0.1))
+        p0 = _host(state.params)
+        step = steps.make_train_step(graphdef, optax.sgd(0.1), logmel(MEL), NO_AUG, steps.classification_loss,
+                                     jax.random.key(0), compute_dtype=dtype)
+        state, metrics = step(state, _batch(n=8))
+        leaves = jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+        assert all(x.dtype == np.float32 for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)), dtype
+        delta = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(_host(state.params)),
+                                                                jax.tree.leaves(p0))])
+        stats = np.concatenate([np.ravel(x) for x in jax.tree.leaves(_host(state.batch_stats))])
+        results[dtype] = (float(metrics["loss"]), delta, stats)
+    (loss32, d32, s32), (loss16, d16, s16) = results["float32"], results["bfloat16"]
+    assert loss16 == pytest.approx(loss32, rel=2e-2)
+    cosine = float(d32 @ d16 / (np.linalg.norm(d32) * np.linalg.norm(d16)))
+    assert cosine > 0.85, cosine
+    assert not np.array_equal(d32, d16)  # bfloat16 really ran
+    # The running statistics come from bfloat16 activations but are kept and updated in float32.
+    np.testing.assert_allclose(s16, s32, rtol=0.05, atol=0.05)

@@ -222,3 +222,13 @@ class StoreExtras:
             logits = logits[self._cols]
         aug = jax.tree.map(lambda a: np.asarray(a[row, view]), self._store.aug)
         return {"teacher_logits": logits, "aug": aug}
+
+    def all_views(self) -> dict:
+        """Every stored view of every record, leaves (N, V, ...) in record order: what
+        ``__call__`` draws from, for a split kept on the accelerator (`train.device_data`)."""
+        store = self._store if self._store is not None else read_store(self.path, check_finite=False)
+        logits = np.asarray(store.logits[self._rows], np.float32)  # (N, V, K_all, C)
+        if self._cols is not None:
+            logits = logits[:, :, self._cols]
+        aug = jax.tree.map(lambda a: np.asarray(a[self._rows]), store.aug)
+        return {"teacher_logits": logits, "aug": aug}

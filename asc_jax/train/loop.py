@@ -27,7 +27,7 @@ from asc_jax.config import Config, config_diff, to_dict
 from asc_jax.data import pipeline, sources, tau
 from asc_jax.models import has_deploy_form, with_default_lowering
 from asc_jax.reparam import fuse
-from asc_jax.train import steps
+from asc_jax.train import device_data, dispatch, steps
 from asc_jax.train.logging import MetricWriter, format_metrics
 from asc_jax.train.state import TrainState, create_train_state
 
@@ -156,9 +156,9 @@ def _check_init_frontend(init_from: str | Path, frontend: frontends.Frontend) ->
 def _explain_out_of_memory(train_step: Callable, config: Config) -> Callable:
     """`train_step` whose device out-of-memory error says which settings reduce the memory."""
 
-    def step(state, batch):
+    def step(*args):
         try:
-            return train_step(state, batch)
+            return train_step(*args)
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
@@ -171,6 +171,51 @@ def _explain_out_of_memory(train_step: Callable, config: Config) -> Callable:
                               f"reduce it with {', '.join(options)}. XLA said: {str(e)[:300]}") from e
 
     return step
+
+
+def _make_dispatch(config: Config, graphdef, tx, frontend, feature_aug, key_aug, data: Data, extras,
+                   steps_per_epoch: int, mesh) -> tuple[Callable, device_data.DeviceSplit | None]:
+    """`advance(state, source, k) -> (state, metrics with a leading axis of k)` for the run's
+    data path, and the device-resident split it reads (None: `source` is the grain iterator).
+
+    Host data, one step per dispatch: the plain jitted step (the default). Host data, k > 1:
+    k host batches stacked into one transfer and scanned. `data.on_device`: the split is put on
+    the devices once and every step draws its batch there (`device_data`).
+    """
+    step_fn = steps.train_step_fn(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
+                                  schedule=config.optim.schedule(steps_per_epoch),
+                                  compute_dtype=config.optim.compute_dtype)
+    sharding = parallel.batch_sharding(mesh)
+
+    def constrain(batch):
+        return jax.lax.with_sharding_constraint(batch, sharding)
+
+    if config.data.on_device:
+        device_data.check_supported(config)
+        split = device_data.load(data.train_source, extras)
+        split = parallel.replicate(split, mesh)
+        # Its own key: the on-device order and rolls are not the augmentations' stream.
+        run = dispatch.on_device(step_fn, key=jax.random.fold_in(key_aug, 0x44415441),
+                                 batch_size=config.optim.batch_size, roll=config.augment.roll,
+                                 sr=frontend.sample_rate, constrain=constrain)
+        return run, split
+    if config.optim.steps_per_dispatch == 1:
+        @functools.partial(jax.jit, donate_argnums=0)
+        def single(state, batch):
+            state, metrics = step_fn(state, batch)
+            return state, jax.tree.map(lambda m: m[None], metrics)  # the steps axis, k = 1
+
+        def advance(state, iterator, k):
+            return single(state, parallel.put_batch(next(iterator), mesh))
+
+        return advance, None
+    scanned = dispatch.host_batches(step_fn, constrain)
+
+    def advance(state, iterator, k):
+        batches = dispatch.stack([next(iterator) for _ in range(k)])
+        return scanned(state, parallel.put_batches(batches, mesh), k)
+
+    return advance, None
 
 
 def _loss_fn(config: Config):
@@ -226,11 +271,12 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     total_steps = config.optim.epochs * steps_per_epoch
     stop_at = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
 
+    extras = _teacher_extras(config, data)
     dataset = pipeline.train_dataset(
         data.train_source, batch_size=parallel.per_process_batch_size(batch_size, mesh),
         seed=config.seed, sr=frontend.sample_rate, shard=(jax.process_index(), jax.process_count()),
         roll=config.augment.roll, dir=config.augment.dir,
-        worker_count=config.data.worker_count, extra=_teacher_extras(config, data))
+        worker_count=config.data.worker_count, extra=extras)
     iterator = iter(dataset)
 
     # The default stream seeds the models' own randomness in training (PaSST's patchout); its
@@ -244,9 +290,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     graphdef, state = create_train_state(model, tx)
     # The device IR and the roll ran on the host; the mask value is moved into the frontend's units.
     feature_aug = frontends.feature_augment(dataclasses.replace(config.augment, roll=None, dir=None), frontend)
-    train_step = _explain_out_of_memory(
-        steps.make_train_step(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
-                              schedule=config.optim.schedule(steps_per_epoch)), config)
+    advance, device_split = _make_dispatch(config, graphdef, tx, frontend, feature_aug, key_aug, data, extras,
+                                           steps_per_epoch, mesh)
+    advance = _explain_out_of_memory(advance, config)
     # Frontend + model, compiled once for all evaluations (the state is an argument).
     eval_fn = jax.jit(inference.forward(graphdef, frontend.features))
 
@@ -262,13 +308,19 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         progress = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
                         mininterval=0.1 if sys.stderr.isatty() else 5.0, disable=not parallel.is_primary())
         while step < stop_at:
-            state, metrics = train_step(state, parallel.put_batch(next(iterator), mesh))
+            # A dispatch never crosses an epoch's end (evaluation, checkpoints) or stop_at, and
+            # dispatches sit on a fixed grid of k steps from each epoch's start, so a run resumed
+            # at any step runs the same programs on the same steps as the uninterrupted run.
+            position, k = step % steps_per_epoch, config.optim.steps_per_dispatch
+            k = min(k - position % k, steps_per_epoch - position, stop_at - step)
+            state, metrics = advance(state, device_split if device_split is not None else iterator, k)
             history.append(metrics)
-            step += 1
-            progress.update(1)
+            logged_before = step // config.log_every_steps
+            step += k
+            progress.update(k)
             epoch_end = step % steps_per_epoch == 0
-            if step % config.log_every_steps == 0 or epoch_end or step == stop_at:
-                host = parallel.to_host(history)
+            if step // config.log_every_steps > logged_before or epoch_end or step == stop_at:
+                host = [m for chunk in parallel.to_host(history) for m in dispatch.unstack(chunk)]
                 _check_finite(host, step - len(host), ckpts.last_good)
                 flat = writer.write("train", step, _mean_metrics(host))
                 progress.set_postfix_str(format_metrics(flat, ("loss", "accuracy", "lr")))

@@ -29,12 +29,30 @@ def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, dic
     return ce, {"ce": ce}
 
 
+def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
+    """`tree` with its floating-point leaves in `dtype` (the identity for float32)."""
+    if dtype == jnp.float32:
+        return tree
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _set_norm_dtype(model: nnx.Module, dtype: jnp.dtype) -> None:
+    """Makes the model's Batch/LayerNorms return `dtype`: they infer their output dtype from their
+    float32 statistics too, which would turn every later layer back to float32. Set on the
+    step's own merged copy (a trace-time attribute), so no model needs a dtype option."""
+    if dtype == jnp.float32:
+        return
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (nnx.BatchNorm, nnx.LayerNorm)):
+            module.dtype = dtype
+
+
 def _mel_replay(batch: Batch) -> dict:
     """Stored (teacher-time) parameters of log-mel augmentations, if the batch carries them."""
     return {k: v for k, v in batch.get("aug", {}).items() if k != "roll"}
 
 
-def make_train_step(
+def train_step_fn(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     frontend: Frontend,
@@ -42,30 +60,41 @@ def make_train_step(
     loss_fn: Callable[[jax.Array, Batch], tuple[jax.Array, dict]],
     key: jax.Array,
     schedule: optax.Schedule | None = None,
+    compute_dtype: str = "float32",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """Builds `step(state, batch) -> (state, metrics)`, jitted with the state donated.
+    """The pure `step(state, batch) -> (state, metrics)` (unjitted; `make_train_step` jits it,
+    `asc_jax.train.dispatch` scans it).
 
     Args:
       graphdef: static part of the model (from `create_train_state`).
       tx: the optimiser.
       frontend: the model's frontend (`asc_jax.audio.frontends`): waveform -> features.
-      aug_cfg: augmentations; the waveform roll already happened on the host, so only the
-        log-mel stage (frequency mask, Freq-MixStyle) runs here.
+      aug_cfg: augmentations; the waveform roll already happened (host pipeline or
+        `device_data`), so only the log-mel stage (frequency mask, Freq-MixStyle) runs here.
       loss_fn: (logits, batch) -> (loss, metrics).
       key: base PRNG key of the augmentations.
       schedule: learning-rate schedule, only for logging.
+      compute_dtype: the model's compute dtype (`OptimConfig.compute_dtype`).
     """
+
+    dtype = jnp.dtype(compute_dtype)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(key, state.step)
+        # The frontend and its augmentations stay float32 (the log of small mel powers).
         mel = frontend.training_features(batch["audio"], jax.random.fold_in(step_key, FRONTEND_STREAM))
         mel, _ = augment.augment_batch(step_key, mel, aug_cfg, params=_mel_replay(batch))
 
         def objective(params, batch_stats):
             # copy=True builds fresh Variables at this trace level: NNX refuses to update (in
             # train-mode BN) Variables created by the enclosing jit trace.
-            model = nnx.merge(graphdef, params, batch_stats, copy=True)
-            logits, _ = model(mel, train=True)
+            # Mixed precision: the model computes in `dtype` from a cast of the float32 master
+            # weights (the cast's gradient returns float32); BatchNorm statistics stay float32
+            # (flax computes them in at least float32, and batch_stats are not cast).
+            model = nnx.merge(graphdef, _cast_floats(params, dtype), batch_stats, copy=True)
+            _set_norm_dtype(model, dtype)
+            logits, _ = model(mel.astype(dtype), train=True)
+            logits = logits.astype(jnp.float32)
             loss, metrics = loss_fn(logits, batch)
             return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)), logits)
 
@@ -87,5 +116,19 @@ def make_train_step(
                                   opt_state=opt_state)
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return step
 
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    frontend: Frontend,
+    aug_cfg: augment.AugmentConfig,
+    loss_fn: Callable[[jax.Array, Batch], tuple[jax.Array, dict]],
+    key: jax.Array,
+    schedule: optax.Schedule | None = None,
+    compute_dtype: str = "float32",
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """`train_step_fn(...)` jitted with the state donated (arguments as there)."""
+    return jax.jit(train_step_fn(graphdef, tx, frontend, aug_cfg, loss_fn, key, schedule, compute_dtype),
+                   donate_argnums=0)
