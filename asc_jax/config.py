@@ -85,8 +85,9 @@ class OptimConfig:
     ramp_down_epochs: int = 10
     last_lr_factor: float = 0.01
     # Optimiser steps per host dispatch: > 1 runs them as one `lax.scan` (where dispatch, not
-    # compute, bounds a small model on a fast accelerator). Logging, evaluation and checkpoints
-    # still happen at their usual steps: a dispatch never crosses an epoch's end.
+    # compute, bounds a small model on a fast accelerator). Evaluation and checkpoints happen at
+    # their usual steps (a dispatch never crosses an epoch's end); logging at the first dispatch
+    # end on or after each multiple of log_every_steps.
     steps_per_dispatch: int = 1
     # "bfloat16": the train step computes the model in bfloat16 (parameters and features cast
     # inside the step); master weights, optimiser state, BatchNorm statistics and the loss stay

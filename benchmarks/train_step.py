@@ -1,6 +1,6 @@
 """Training throughput of the jitted train step (clips/s), compile time reported separately.
 
-The step is `asc_jax.train.steps.make_train_step` exactly as `train_and_evaluate` builds it:
+The step is `asc_jax.train.steps.train_step_fn`, jitted as `train_and_evaluate` runs it:
 1-s waveforms (numpy, as grain delivers them) -> on-device log-mel (default MelConfig:
 256 mels, n_fft 4096) -> frequency mask + Freq-MixStyle -> model -> cross-entropy -> Adam.
 The waveform roll runs on the host in the data pipeline and is not part of the step.

@@ -81,6 +81,12 @@ def check_lowering(lowering: str) -> str:
 _CHUNK_ELEMENTS = 1 << 16
 
 
+def _accumulator(dtype) -> jnp.dtype:
+    """The dtype kernel-gradient sums run in: at least float32 (a bfloat16 sum over a batch of
+    chunk partials loses the gradient's low bits; the result is cast back to the kernel's)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _chunked_sum(fn: Callable, operands: Sequence[jax.Array], acc: jax.Array, per_row: int) -> jax.Array:
     """acc + the sum of `fn(*chunks)` over equal slices of the operands' leading axis, each the
     largest that holds at most _CHUNK_ELEMENTS (`per_row` elements a row), in a loop."""
@@ -127,7 +133,8 @@ def _depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, in
     """(kh * kw, C): tap (i, j)'s gradient is sum(x_pad[window (i, j)] * dy)."""
     (ph, pw), out_hw = _depthwise_geometry(x.shape, kernel_hw, strides)
     padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    return jnp.stack([jnp.sum(tap * dy, axis=(0, 1, 2)) for _, _, tap in _taps(padded, kernel_hw, out_hw, strides)])
+    return jnp.stack([jnp.sum(tap * dy, axis=(0, 1, 2), dtype=_accumulator(x.dtype))
+                      for _, _, tap in _taps(padded, kernel_hw, out_hw, strides)])
 
 
 def _depthwise_input_grad(dy: jax.Array, kernel: jax.Array, in_hw: tuple[int, int],
@@ -163,7 +170,7 @@ def _depthwise_taps_bwd(strides, residuals, dy):
     # gradient's reductions would need every tap materialised, so they run chunk by chunk.
     dx = _depthwise_input_grad(dy, kernel, x.shape[1:3], strides)
     dk = _chunked_sum(lambda xc, dyc: _depthwise_kernel_grad(xc, dyc, (kh, kw), strides), (x, dy),
-                      jnp.zeros((kh * kw, channels), kernel.dtype), max(x[0].size, dy[0].size))
+                      jnp.zeros((kh * kw, channels), _accumulator(kernel.dtype)), max(x[0].size, dy[0].size))
     return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -204,9 +211,10 @@ def _pointwise_matmul_fwd(x, kernel):
 def _pointwise_matmul_bwd(residuals, dy):
     x, kernel = residuals
     dx = jnp.einsum("...o,co->...c", dy, kernel)
-    dk = _chunked_sum(lambda xc, dyc: jnp.einsum("pc,po->co", xc, dyc),
+    acc = _accumulator(kernel.dtype)
+    dk = _chunked_sum(lambda xc, dyc: jnp.einsum("pc,po->co", xc, dyc, preferred_element_type=acc),
                       (x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])),
-                      jnp.zeros(kernel.shape, kernel.dtype), max(x.shape[-1], dy.shape[-1]))
+                      jnp.zeros(kernel.shape, acc), max(x.shape[-1], dy.shape[-1]))
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -239,12 +247,14 @@ def _dense_conv_bwd(strides, padding, residuals, dy):
     out_hw = dy.shape[1:3]
 
     def part(xc, dyc):
-        return jnp.einsum("bhwk,bhwo->ko", _im2col(xc, (kh, kw), strides, padding, out_hw), dyc)
+        return jnp.einsum("bhwk,bhwo->ko", _im2col(xc, (kh, kw), strides, padding, out_hw), dyc,
+                          preferred_element_type=acc)
 
-    dk = _chunked_sum(part, (x, dy), jnp.zeros((kh * kw * cin, cout), kernel.dtype),
+    acc = _accumulator(kernel.dtype)
+    dk = _chunked_sum(part, (x, dy), jnp.zeros((kh * kw * cin, cout), acc),
                       max(out_hw[0] * out_hw[1] * kh * kw * cin, dy[0].size))
     _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), x)
-    return input_vjp(dy)[0], dk.reshape(kernel.shape)
+    return input_vjp(dy)[0], dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)

@@ -2,8 +2,8 @@
 
 On a fast accelerator a small model trains faster than a host pipeline can shuffle, roll and
 copy waveforms to it. Here the whole split lives on the device once, as int16 waveforms with one
-float32 scale per clip (lossless for 16-bit recordings at their own rate; for resampled audio
-the error is below 2^-15 of the clip's peak, under the 16-bit wav's own quantisation), and
+float32 scale per clip (peak / 32767: the error is at most half a step of 2^-15 of the clip's
+peak, below a 16-bit wav's own quantisation step), and
 `batch_at(split, step)` builds the step's batch there:
 
   epoch order = permutation(fold_in(key, epoch)), batch = its slice at the step's position,
@@ -84,6 +84,9 @@ def load(source: ClipSource, extras=None, *, threads: int = 8) -> DeviceSplit:
     Raises:
       BadClipError / OSError from `ClipSource.audio`, naming the clip (as the host pipeline).
     """
+    # A reader without the float32 cache: the int16 copy is the only one this path keeps.
+    source = ClipSource(source.clips, source.root, sr=source.sr, clip_seconds=source.clip_seconds,
+                        expected_sr=source.expected_sr, cache=False, resampler=source.resampler)
     n = len(source)
     audio = np.empty((n, source.num_samples), np.int16)
     scale = np.empty((n,), np.float32)
@@ -103,7 +106,7 @@ def load(source: ClipSource, extras=None, *, threads: int = 8) -> DeviceSplit:
 
 
 def check_supported(config) -> None:
-    """Refuses what `data.on_device` cannot do, before any data is read."""
+    """Refuses what `data.on_device` cannot do (called before the run records its config)."""
     if config.augment.dir is not None:
         raise ValueError("data.on_device does not support the device-IR augmentation (augment.dir): its "
                          "convolution runs in the host pipeline; set data.on_device=False or augment.dir=None")

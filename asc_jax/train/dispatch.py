@@ -9,9 +9,9 @@ leaves the host one call per k steps. The scanned step is the same function as t
 (tests/test_dispatch.py compares them).
 
 Every function here returns `run(state, data, k) -> (state, metrics)` jitted with the state
-donated; `metrics` leaves have a leading axis of length k (k = 1 included), and `k` is static
-(a dispatch never crosses an epoch's end, so a run compiles at most two lengths: k and the
-remainder of an epoch).
+donated; `metrics` leaves have a leading axis of length k (k = 1 included), and `k` is static:
+each length compiles once (the loop's dispatches never cross an epoch's end, so a run needs k
+and the remainder of an epoch, plus whatever a max_steps stop or a resume off the grid asks).
 """
 from __future__ import annotations
 

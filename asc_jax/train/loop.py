@@ -1,6 +1,7 @@
 """`train_and_evaluate`: the whole run behind `python train.py --config ...`.
 
-Data (grain, host) -> jitted step (log-mel, augmentation, model, optimiser; device) -> logs,
+Data (grain on the host, or the split kept on the device: `data.on_device`) -> jitted step, one
+or k per dispatch (log-mel, augmentation, model, optimiser; device) -> logs,
 periodic evaluation, checkpoints (resume is automatic from the workdir) -> at the end the fused
 deploy model is written, evaluated and its complexity reported.
 """
@@ -164,6 +165,12 @@ def _explain_out_of_memory(train_step: Callable, config: Config) -> Callable:
                 raise
             options = [f"optim.batch_size (now {config.optim.batch_size}; per device with "
                        "parallel data parallelism)"]
+            if config.data.on_device:
+                options.append("data.on_device=False (the split is held on every device)")
+            if config.optim.steps_per_dispatch > 1:
+                options.append(f"optim.steps_per_dispatch (now {config.optim.steps_per_dispatch})")
+            if config.model.name != "passt" and config.optim.compute_dtype == "float32":
+                options.append("optim.compute_dtype='bfloat16'")
             if config.model.name == "passt":
                 options += ["model.options.remat=True (recompute block activations)",
                             "model.options.compute_dtype='bfloat16'"]
@@ -171,6 +178,18 @@ def _explain_out_of_memory(train_step: Callable, config: Config) -> Callable:
                               f"reduce it with {', '.join(options)}. XLA said: {str(e)[:300]}") from e
 
     return step
+
+
+def _check_switches(config: Config) -> None:
+    """Refuses combinations of the speed switches (data.on_device, optim.compute_dtype) that
+    cannot do what they say."""
+    if config.data.on_device:
+        device_data.check_supported(config)
+    if config.optim.compute_dtype != "float32" and config.model.name == "passt":
+        # Its blocks cast back to model.options.compute_dtype, so the switch would do nothing.
+        raise ValueError("optim.compute_dtype does not apply to PaSST, which has its own mixed precision: set "
+                         "model.options.compute_dtype='bfloat16' (LayerNorms and logits stay float32) and "
+                         "leave optim.compute_dtype='float32'")
 
 
 def _make_dispatch(config: Config, graphdef, tx, frontend, feature_aug, key_aug, data: Data, extras,
@@ -191,7 +210,6 @@ def _make_dispatch(config: Config, graphdef, tx, frontend, feature_aug, key_aug,
         return jax.lax.with_sharding_constraint(batch, sharding)
 
     if config.data.on_device:
-        device_data.check_supported(config)
         split = device_data.load(data.train_source, extras)
         split = parallel.replicate(split, mesh)
         # Its own key: the on-device order and rolls are not the augmentations' stream.
@@ -255,6 +273,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check_resumable(workdir, config)
+    _check_switches(config)  # before config.json is written: a refused run leaves none behind
     recorded = config
     # The conv lowering is chosen once, here, for this run's backend; it reaches model.json (the
     # models' options) but not config.json, so a run may resume on another backend.
@@ -290,8 +309,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     graphdef, state = create_train_state(model, tx)
     # The device IR and the roll ran on the host; the mask value is moved into the frontend's units.
     feature_aug = frontends.feature_augment(dataclasses.replace(config.augment, roll=None, dir=None), frontend)
-    advance, device_split = _make_dispatch(config, graphdef, tx, frontend, feature_aug, key_aug, data, extras,
-                                           steps_per_epoch, mesh)
+    advance, device_split = _explain_out_of_memory(_make_dispatch, config)(
+        config, graphdef, tx, frontend, feature_aug, key_aug, data, extras, steps_per_epoch, mesh)
     advance = _explain_out_of_memory(advance, config)
     # Frontend + model, compiled once for all evaluations (the state is an argument).
     eval_fn = jax.jit(inference.forward(graphdef, frontend.features))

@@ -43,7 +43,8 @@ def _set_norm_dtype(model: nnx.Module, dtype: jnp.dtype) -> None:
     if dtype == jnp.float32:
         return
     for _, module in nnx.iter_modules(model):
-        if isinstance(module, (nnx.BatchNorm, nnx.LayerNorm)):
+        # A norm with a dtype of its own (PaSST's float32 LayerNorms) keeps it.
+        if isinstance(module, (nnx.BatchNorm, nnx.LayerNorm)) and module.dtype is None:
             module.dtype = dtype
 
 
