@@ -5,7 +5,7 @@
 Rerunning the same command resumes from the newest checkpoint in --workdir.
 """
 import argparse
-from asc_jax import setup_logging
+from asc_jax import setup_compilation_cache, setup_logging
 
 from asc_jax.config import load_config, override
 from asc_jax.train import run
@@ -19,6 +19,7 @@ def main(argv=None) -> None:
                         help="override a config field by dotted path, e.g. optim.lr=0.005")
     args = parser.parse_args(argv)
     setup_logging()
+    setup_compilation_cache()  # reruns and resumes read their compiled programs back
     config = load_config(args.config)
     for assignment in args.set:
         config = override(config, assignment)

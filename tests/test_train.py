@@ -1,6 +1,7 @@
 """End-to-end training: it learns, resumes exactly, and fails loudly on bad input."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,21 @@ def test_model_options_are_type_checked_against_the_model_config(name):
         build_model(name, rngs=nnx.Rngs(0), **{option: True})
     with pytest.raises(TypeError, match=rf"unknown {name} option 'base_channel'; known: "):
         build_model(name, rngs=nnx.Rngs(0), base_channel=8)
+
+
+def test_entry_points_keep_compiled_programs_on_disk_unless_told_not_to(tmp_path):
+    """setup_compilation_cache (train.py, the experiments and device-specific CLIs): the folder
+    from $ASC_JAX_XLA_CACHE gets the compiled programs of a run's jitted functions; "off"
+    leaves JAX's cache unset. In subprocesses: the test session has its own cache."""
+    code = ("import jax, jax.numpy as jnp, sys; from asc_jax import setup_compilation_cache; "
+            "folder = setup_compilation_cache(); "
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+            "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready(); "
+            "print(folder, jax.config.jax_compilation_cache_dir)")
+    for value, expect_files in ((str(tmp_path / "xla"), True), ("off", False)):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ASC_JAX_XLA_CACHE": value},
+                             capture_output=True, text=True, check=True).stdout.split()
+        if expect_files:
+            assert out == [value, value] and any((tmp_path / "xla").iterdir())
+        else:
+            assert out == ["None", "None"]

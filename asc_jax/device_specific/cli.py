@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from asc_jax import setup_logging
+from asc_jax import setup_compilation_cache, setup_logging
 from asc_jax.config import load_config, override
 from asc_jax.data import tau
 from asc_jax.device_set import read_device_set
@@ -158,4 +158,5 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     args = parser().parse_args(None if argv is None else list(argv))
     setup_logging()
+    setup_compilation_cache()
     return args.run(args)

@@ -14,7 +14,7 @@ import collections
 from pathlib import Path
 from typing import Sequence
 
-from asc_jax import setup_logging
+from asc_jax import setup_compilation_cache, setup_logging
 from asc_jax.experiments.report import collect
 from asc_jax.experiments.prepare import teacher_stores
 from asc_jax.experiments.runner import Grid, Outcome, check, execute
@@ -125,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit status (1 if a run failed)."""
     args = parse_args(argv)
     setup_logging()
+    setup_compilation_cache()
     grid = Grid(args.data, args.workdir, args.seeds, args.splits, args.smoke, tuple(args.set),
                 args.extra_teachers)
     status = 0
