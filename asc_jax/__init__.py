@@ -24,16 +24,20 @@ def setup_compilation_cache(default: str = "~/.cache/asc_jax/xla") -> str | None
     XLA:CPU takes 20-35 s to compile a student's train step; a rerun of the same program (a
     resumed run, the next run of a grid with the same model and shapes, the evaluation and
     deploy programs) reads it back from disk instead. `$ASC_JAX_XLA_CACHE` names the folder;
-    "off" (or "") disables it. Programs that compile in under a second are not stored.
+    "off" (or "") disables it; without it, a folder set through JAX's own JAX_COMPILATION_CACHE_DIR
+    is kept. Programs that compile in under a second are not stored.
     """
     import os
 
     import jax
 
+    if COMPILATION_CACHE_ENV not in os.environ and jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir  # JAX's own setting (JAX_COMPILATION_CACHE_DIR)
     folder = os.environ.get(COMPILATION_CACHE_ENV, default)
     if folder.strip().lower() in ("", "off", "0", "none"):
         return None
     folder = os.path.expanduser(folder)
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     return folder

@@ -253,7 +253,8 @@ def test_entry_points_keep_compiled_programs_on_disk_unless_told_not_to(tmp_path
             "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready(); "
             "print(folder, jax.config.jax_compilation_cache_dir)")
     for value, expect_files in ((str(tmp_path / "xla"), True), ("off", False)):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ASC_JAX_XLA_CACHE": value},
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, "ASC_JAX_XLA_CACHE": value},
                              capture_output=True, text=True, check=True).stdout.split()
         if expect_files:
             assert out == [value, value] and any((tmp_path / "xla").iterdir())
