@@ -35,7 +35,7 @@ def _logits(model: nnx.Module, x: jax.Array) -> jax.Array:
 
 def _lowered_modules(model: nnx.Module) -> dict[str, str]:
     return {"/".join(map(str, path)): m.lowering for path, m in nnx.iter_modules(model)
-            if isinstance(m, (layers.DepthwiseConv, layers.PointwiseConv))}
+            if isinstance(m, (layers.DepthwiseConv, layers.PointwiseConv, layers.DenseConv))}
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
