@@ -285,6 +285,16 @@ RETIRED_FIELDS: Mapping[str, tuple | None] = {
     "augment.roll.sr": None,
 }
 _ABSENT = object()  # a stored value nothing equals: the run had no value for this field
+# Fields added to the config classes whose default does NOT keep the old behaviour: a run stored
+# before them computed something no value of theirs reproduces, so it never counts as the same.
+# (Every other added field's default is the old behaviour: see `config_diff`.)
+BEHAVIOUR_CHANGING_FIELDS: tuple[str, ...] = (
+    # Before them a pruning round finetuned at optim.lr, warming up over min(warmup_epochs, half
+    # the round) and ending the round at the peak learning rate; now each round has its own
+    # schedule (a tenth of the dense lr by default, cosine to 0 within the round).
+    "prune.finetune_lr",
+    "prune.finetune_warmup_epochs",
+)
 
 
 def config_diff(stored: Any, current: Config, *, ignore: Sequence[str] = RESUMABLE_FIELDS) -> list[str]:
@@ -292,7 +302,7 @@ def config_diff(stored: Any, current: Config, *, ignore: Sequence[str] = RESUMAB
 
     A field the stored config lacks was added to the config classes after the run: it differs only
     if `current` sets it away from its default (the default keeps the old behaviour, so a run
-    survives code growth). A field only the stored config has (since removed) differs, unless
+    survives code growth), or always for BEHAVIOUR_CHANGING_FIELDS. A field only the stored config has (since removed) differs, unless
     RETIRED_FIELDS says that its stored value is what the code does now. Where the run stored a
     value (e.g. prune=None) and `current` has a section, every field of the section differs.
     Free-form mappings (model.options, data.synthetic) are compared whole.
@@ -320,6 +330,8 @@ def _diff(stored: Any, current: Any, path: tuple[str, ...]) -> Iterator[str]:
         # A field missing from a stored section had its default; one under a stored non-section
         # value (or with no default) had nothing comparable.
         default = _field_default(field) if isinstance(stored, Mapping) else _ABSENT
+        if ".".join(path + (field.name,)) in BEHAVIOUR_CHANGING_FIELDS:
+            default = _ABSENT
         yield from _diff(node.get(field.name, default), getattr(current, field.name), path + (field.name,))
     names = {f.name for f in fields}
     for key, value in node.items():

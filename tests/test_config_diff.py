@@ -35,6 +35,16 @@ def test_a_new_field_at_its_default_is_tolerated_and_one_set_away_from_it_is_nam
     assert config_diff(stored, override(config, "kd.tau=3.0")) == ["kd.tau"]
 
 
+def test_a_pruning_run_from_before_the_per_round_schedule_is_not_taken_for_a_new_one():
+    """prune.finetune_lr / finetune_warmup_epochs changed what a round computes (it used to end at
+    the dense peak lr): a run stored without them is never the same run, whatever their values."""
+    config = dataclasses.replace(Config(), prune=PruneConfig(target=32))
+    stored = _stored(config)
+    assert config_diff(stored, config) == []
+    del stored["prune"]["finetune_lr"], stored["prune"]["finetune_warmup_epochs"]
+    assert config_diff(stored, config) == ["prune.finetune_lr", "prune.finetune_warmup_epochs"]
+
+
 def test_a_field_the_code_no_longer_has_is_named():
     stored = _stored(Config())
     stored["optim"]["momentum"] = 0.9
