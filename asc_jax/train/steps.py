@@ -120,16 +120,6 @@ def train_step_fn(
     return step
 
 
-def make_train_step(
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    frontend: Frontend,
-    aug_cfg: augment.AugmentConfig,
-    loss_fn: Callable[[jax.Array, Batch], tuple[jax.Array, dict]],
-    key: jax.Array,
-    schedule: optax.Schedule | None = None,
-    compute_dtype: str = "float32",
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """`train_step_fn(...)` jitted with the state donated (arguments as there)."""
-    return jax.jit(train_step_fn(graphdef, tx, frontend, aug_cfg, loss_fn, key, schedule, compute_dtype),
-                   donate_argnums=0)
+def make_train_step(*args, **kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """`train_step_fn(*args, **kwargs)` jitted with the state donated (arguments as there)."""
+    return jax.jit(train_step_fn(*args, **kwargs), donate_argnums=0)
