@@ -12,7 +12,9 @@ README "The embedded dataset"), eval macro-class accuracy (chance 0.10):
     configs/demo.py                       0.671  (seen devices 0.757, unseen s4-s6 0.500), 12 min
       seeds 0, 1, 2                       0.683 +- 0.022 (0.671, 0.708, 0.670); seen devices
                                           0.754, unseen 0.540 +- 0.058
+    configs/demo.py:split=25,epochs=24    0.639  (264 steps on 25 % of the clips; seed 0), 10 min
     configs/demo.py:split=5,epochs=138    0.424  (the same 276 steps on 5 % of the clips; seed 0)
+    configs/demo.py:model=cp_mobile       0.680  (seed 0), 7 min
 Over 3 seeds and more systems: the demo grid, `python -m asc_jax.experiments demo`.
 Variants: `configs/demo.py:epochs=12,model=cp_mobile,split=25`.
 """

@@ -199,11 +199,12 @@ register(Table(
 # Budgets: configs/demo.py's 276 steps of 64 clips per student run, the budget the generator's
 # realistic profile was tuned at (README, "The embedded dataset"); at a third of it (92 steps) the
 # no-KD baseline sat near 0.2 (chance 0.1), too close to chance to compare methods.
-# Cost (estimated, not measured: ~1.1 s per Rep-Mobile step of 64 clips on an idle 2-core CPU,
-# other models scaled by step-time ratios from benchmarks.train_step, ~30 s of compilation and
-# evaluation per training phase): students ~1.9 h, teachers ~1.6 h, pruning rows ~1.2 h, stores
-# ~0.2 h: about 5 h for 3 seeds, so over the issue's one-hour CPU target; `--seeds 0` runs one seed
-# of the students (~2.5 h with the teachers).
+# Cost, from single runs measured on the project's 2-core VM (2026-12-01, other jobs running; the
+# VM ran configs/demo.py in 10-12 min, where the issue that asked for the grid measured 5 min):
+# a Rep-Mobile student 10-12 min, a base-64 teacher ~40 min (CP-Mobile: 38 min). With CP-Mobile
+# students ~0.7x and the pruning rows scaled by their steps and widths: teachers ~4 h, students
+# ~4.5 h, pruning rows ~2.3 h, stores ~0.3 h, i.e. ~11 h for 3 seeds here (~5 h at the issue's
+# machine speed), against the issue's one hour: the grid is GPU work (README, "Demo grid").
 DEMO_SPLITS: tuple[str, ...] = ("5", "25", "100")
 DEMO_CONFIG = "configs/demo.py"
 DEMO_BATCH = 64  # configs/demo.py's batch size
