@@ -99,12 +99,13 @@ class ClipSource:
             self.audio(index)
         return info.channels
 
-    def subset(self, rows) -> ClipSource:
+    def subset(self, rows, *, cache: bool | None = None) -> ClipSource:
         """The clips `rows` (indices, in that order) read with the same settings, sharing the
-        audio already decoded for them."""
+        audio already decoded for them; `cache` (default: this source's) for what it decodes."""
         rows = [int(i) for i in rows]
         sub = ClipSource([self.clips[i] for i in rows], self.root, sr=self.sr, clip_seconds=self.clip_seconds,
-                         resampler=self.resampler, expected_sr=self.expected_sr, cache=self.cache)
+                         resampler=self.resampler, expected_sr=self.expected_sr,
+                         cache=self.cache if cache is None else cache)
         sub._audio = {new: self._audio[old] for new, old in enumerate(rows) if old in self._audio}
         return sub
 

@@ -63,7 +63,7 @@ class DeviceSplit:
 
     @property
     def nbytes(self) -> int:
-        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(self))
+        return sum(a.nbytes for a in jax.tree.leaves(self))
 
 
 def quantize_int16(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +85,7 @@ def load(source: ClipSource, extras=None, *, threads: int = 8) -> DeviceSplit:
       BadClipError / OSError from `ClipSource.audio`, naming the clip (as the host pipeline).
     """
     # A reader without the float32 cache: the int16 copy is the only one this path keeps.
-    source = ClipSource(source.clips, source.root, sr=source.sr, clip_seconds=source.clip_seconds,
-                        expected_sr=source.expected_sr, cache=False, resampler=source.resampler)
+    source = source.subset(range(len(source)), cache=False)
     n = len(source)
     audio = np.empty((n, source.num_samples), np.int16)
     scale = np.empty((n,), np.float32)

@@ -76,12 +76,11 @@ def _keep_devices(source: sources.ClipSource, devices: Sequence[str], split: str
         present = sorted({c.device for c in source.clips})
         raise ValueError(f"data.devices: no clip of device {', '.join(map(repr, missing))} in training split "
                          f"{split!r} (its devices: {', '.join(present)})")
-    kept = [c for c in source.clips if c.device in counts]
+    kept = [i for i, c in enumerate(source.clips) if c.device in counts]
     log.info("data.devices %s: training on %d of the %d clips of split %s (%s)", ",".join(devices),
              len(kept), len(source), split, ", ".join(f"{d} {n}" for d, n in counts.items()))
-    # A new source without the cache of the full split: only the kept clips are ever read again.
-    return sources.ClipSource(kept, source.root, sr=source.sr, clip_seconds=source.clip_seconds,
-                              expected_sr=source.expected_sr, cache=source.cache, resampler=source.resampler)
+    # A new source holding only the kept clips' audio: only they are ever read again.
+    return source.subset(kept)
 
 
 def predict(eval_fn, state, source: sources.ClipSource, mesh=None) -> np.ndarray:
