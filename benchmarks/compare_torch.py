@@ -9,8 +9,9 @@ tests/test_torch_reference.py):
     also computes the logged metrics); PyTorch: `torch_reference.TrainStep`.
   * deploy inference, batch 1 and 64: the fused deploy model (Rep-Mobile after
     `asc_jax.reparam.fuse`, i.e. CP-Mobile with BN folded) on a log-mel batch (`--inference-input
-    wave` adds the frontend). asc_jax: the jitted `asc_jax.inference.forward`; PyTorch: the same
-    network under `torch.inference_mode()`.
+    wave` adds the frontend). asc_jax: the jitted `asc_jax.inference.forward` (over 8-row slices on
+    CPU, `inference.default_microbatch`, as prediction runs it); PyTorch: the same network under
+    `torch.inference_mode()`.
 
 Implementations are timed in interleaved rounds (each round runs every implementation in turn),
 so that load changes on a shared machine hit all of them alike; compare ratios, not absolute
@@ -198,7 +199,8 @@ def inference_candidates(batch: int, input_kind: str, seed: int, use_compile: bo
     def asc_jax_setup():
         graphdef, state = nnx.split(jax_deploy)
         features = logmel(mel).features if input_kind == "wave" else None
-        compiled = jax.jit(inference.forward(graphdef, features)).lower(state, x).compile()
+        fn = inference.forward(graphdef, features, microbatch=inference.default_microbatch())
+        compiled = jax.jit(fn).lower(state, x).compile()
         # The input is passed as NumPy, as prediction receives it: the host->device copy is timed.
         return lambda: jax.block_until_ready(compiled(state, x))
 

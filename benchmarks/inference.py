@@ -4,8 +4,9 @@ Reparameterisation (`asc_jax.reparam.fuse`) should make the deployed Rep-Mobile 
 fast as CP-Mobile (same architecture: one 3x3 depthwise conv per block, BN folded) and faster
 than the multi-branch training form run in eval mode. This reports it; it asserts nothing.
 
-Model only (log-mel input, (B, 256, 63)), the jitted `asc_jax.inference.forward`, eval mode. The forms are timed in
-interleaved rounds so that load changes on a shared machine hit all of them alike.
+Model only (log-mel input, (B, 256, 63)), the jitted `asc_jax.inference.forward` (over 8-row slices
+on CPU, `inference.default_microbatch`, as every inference function built to run), eval mode. The
+forms are timed in interleaved rounds so that load changes on a shared machine hit all of them alike.
 
     python -m benchmarks.inference            # batch 1 and 64
     python -m benchmarks.inference --quick
@@ -41,7 +42,8 @@ def _forms(seed: int) -> dict[str, nnx.Module]:
 
 def _predictor(model: nnx.Module):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return jax.jit(inference.forward(graphdef)), (params, rest), sum(x.size for x in jax.tree.leaves(params))
+    fn = jax.jit(inference.forward(graphdef, microbatch=inference.default_microbatch()))
+    return fn, (params, rest), sum(x.size for x in jax.tree.leaves(params))
 
 
 def measure(batch: int, rounds: int, min_seconds: float, seed: int) -> list[dict]:

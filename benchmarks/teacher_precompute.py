@@ -61,7 +61,8 @@ def make_teacher(model: nnx.Module, frontend: PaSSTFrontendConfig):
         wave = augment.apply_augment(wave, aug_params, STORE_AUG)
         return augment.apply_augment(passt_logmel(wave, frontend), aug_params, STORE_AUG)
 
-    return jax.jit(inference.forward(graphdef, replayed)), (params, rest)
+    fn = inference.forward(graphdef, replayed, microbatch=inference.default_microbatch())
+    return jax.jit(fn), (params, rest)
 
 
 def write_clips(root: Path, n: int, seed: int) -> Path:

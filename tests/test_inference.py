@@ -106,3 +106,24 @@ def test_predict_batches_per_clip_rows_with_their_clips(saved):
     assert empty["pair"].shape == (0, 2) and empty["pair"].dtype == np.int32
     with pytest.raises(ValueError, match="one row per clip"):
         inference.predict(fn, audio, BATCH, rows={"gain": rows["gain"][:-1]})
+
+
+@pytest.mark.parametrize("batch, slice_rows", [(16, 8), (12, 6), (11, 1), (5, 5)])
+def test_microbatched_forward_equals_the_whole_batch(saved, batch, slice_rows):
+    """CPU inference loops over row slices (`inference.microbatched`): the largest divisor of
+    the batch up to 8 rows (a prime batch: single rows; a batch of at most 8: one call). Frontend
+    + model with a per-clip frontend input equals the whole-batch program to 1e-5 of the logit
+    scale (summation order), rows in order."""
+    audio = scene_audio(batch, 30 + batch)
+    gain = np.linspace(0.5, 2.0, batch).astype(np.float32)  # per clip, so a row mix-up shows
+
+    def features(a, g):
+        return logmel(MEL).features(a * g[:, None])
+
+    graphdef, state = nnx.split(saved["model"])
+    plain = jax.jit(inference.forward(graphdef, features))
+    sliced = inference.forward(graphdef, features, microbatch=8)
+    _close(jax.jit(sliced)(state, audio, gain), np.asarray(plain(state, audio, gain)), 1e-5)
+    loops = [e for e in jax.make_jaxpr(sliced)(state, audio, gain).eqns if e.primitive.name == "scan"]
+    assert [e.params["length"] for e in loops] == ([batch // slice_rows] if slice_rows < batch else [])
+    assert inference.default_microbatch() == inference.CPU_MICROBATCH  # the suite runs on CPU

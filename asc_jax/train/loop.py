@@ -312,7 +312,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         config, graphdef, tx, frontend, feature_aug, key_aug, data, extras, steps_per_epoch, mesh)
     advance = _explain_out_of_memory(advance, config)
     # Frontend + model, compiled once for all evaluations (the state is an argument).
-    eval_fn = jax.jit(inference.forward(graphdef, frontend.features))
+    eval_fn = jax.jit(inference.forward(graphdef, frontend.features,
+                                        microbatch=inference.default_microbatch()))
 
     with TrainCheckpoints(workdir / "checkpoints", keep_best=config.keep_best) as ckpts:
         if ckpts.latest_step() is not None:
@@ -388,7 +389,8 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     if fused:
         deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
         deploy_graph, deploy_state = nnx.split(deploy)
-        deploy_eval = jax.jit(inference.forward(deploy_graph, frontend.features))
+        deploy_eval = jax.jit(inference.forward(deploy_graph, frontend.features,
+                                                 microbatch=inference.default_microbatch()))
         deploy_logits = predict(deploy_eval, deploy_state, data.eval_source)
         deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
         max_diff = float(np.abs(deploy_logits - logits).max())
