@@ -10,7 +10,7 @@ tests/test_torch_reference.py):
   * deploy inference, batch 1 and 64: the fused deploy model (Rep-Mobile after
     `asc_jax.reparam.fuse`, i.e. CP-Mobile with BN folded) on a log-mel batch (`--inference-input
     wave` adds the frontend). asc_jax: the jitted `asc_jax.inference.forward` (over 8-row slices on
-    CPU, `inference.default_microbatch`, as prediction runs it); PyTorch: the same network under
+    CPU, `asc_jax.microbatch`, as prediction runs it); PyTorch: the same network under
     `torch.inference_mode()`.
 
 Implementations are timed in interleaved rounds (each round runs every implementation in turn),
@@ -38,6 +38,7 @@ import torch
 from flax import nnx
 
 from asc_jax import inference
+from asc_jax.microbatch import default_microbatch
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import logmel
@@ -199,7 +200,7 @@ def inference_candidates(batch: int, input_kind: str, seed: int, use_compile: bo
     def asc_jax_setup():
         graphdef, state = nnx.split(jax_deploy)
         features = logmel(mel).features if input_kind == "wave" else None
-        fn = inference.forward(graphdef, features, microbatch=inference.default_microbatch())
+        fn = inference.forward(graphdef, features, microbatch=default_microbatch())
         compiled = jax.jit(fn).lower(state, x).compile()
         # The input is passed as NumPy, as prediction receives it: the host->device copy is timed.
         return lambda: jax.block_until_ready(compiled(state, x))

@@ -5,7 +5,7 @@ fast as CP-Mobile (same architecture: one 3x3 depthwise conv per block, BN folde
 than the multi-branch training form run in eval mode. This reports it; it asserts nothing.
 
 Model only (log-mel input, (B, 256, 63)), the jitted `asc_jax.inference.forward` (over 8-row slices
-on CPU, `inference.default_microbatch`, as every inference function built to run), eval mode. The
+on CPU, `asc_jax.microbatch`, as every inference function built to run), eval mode. The
 forms are timed in interleaved rounds so that load changes on a shared machine hit all of them alike.
 
     python -m benchmarks.inference            # batch 1 and 64
@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from asc_jax import inference
+from asc_jax.microbatch import default_microbatch
 from asc_jax.audio.features import MelConfig
 from asc_jax.models import build_model
 from asc_jax.reparam import fuse
@@ -42,7 +43,7 @@ def _forms(seed: int) -> dict[str, nnx.Module]:
 
 def _predictor(model: nnx.Module):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    fn = jax.jit(inference.forward(graphdef, microbatch=inference.default_microbatch()))
+    fn = jax.jit(inference.forward(graphdef, microbatch=default_microbatch()))
     return fn, (params, rest), sum(x.size for x in jax.tree.leaves(params))
 
 

@@ -33,6 +33,7 @@ import soundfile as sf
 from flax import nnx
 
 from asc_jax import distill, inference
+from asc_jax.microbatch import default_microbatch
 from asc_jax.audio import augment
 from asc_jax.audio.frontends import FRONTENDS
 from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
@@ -61,7 +62,7 @@ def make_teacher(model: nnx.Module, frontend: PaSSTFrontendConfig):
         wave = augment.apply_augment(wave, aug_params, STORE_AUG)
         return augment.apply_augment(passt_logmel(wave, frontend), aug_params, STORE_AUG)
 
-    fn = inference.forward(graphdef, replayed, microbatch=inference.default_microbatch())
+    fn = inference.forward(graphdef, replayed, microbatch=default_microbatch())
     return jax.jit(fn), (params, rest)
 
 

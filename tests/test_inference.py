@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from asc_jax import inference, parallel
+from asc_jax import inference, microbatch, parallel
 from asc_jax import quantize as Q
 from asc_jax.audio.frontends import logmel
 from asc_jax.checkpoint import read_spec
@@ -110,7 +110,7 @@ def test_predict_batches_per_clip_rows_with_their_clips(saved):
 
 @pytest.mark.parametrize("batch, slice_rows", [(16, 8), (12, 6), (11, 1), (5, 5)])
 def test_microbatched_forward_equals_the_whole_batch(saved, batch, slice_rows):
-    """CPU inference loops over row slices (`inference.microbatched`): the largest divisor of
+    """CPU inference loops over row slices (`asc_jax.microbatch`): the largest divisor of
     the batch up to 8 rows (a prime batch: single rows; a batch of at most 8: one call). Frontend
     + model with a per-clip frontend input equals the whole-batch program to 1e-5 of the logit
     scale (summation order), rows in order."""
@@ -126,4 +126,4 @@ def test_microbatched_forward_equals_the_whole_batch(saved, batch, slice_rows):
     _close(jax.jit(sliced)(state, audio, gain), np.asarray(plain(state, audio, gain)), 1e-5)
     loops = [e for e in jax.make_jaxpr(sliced)(state, audio, gain).eqns if e.primitive.name == "scan"]
     assert [e.params["length"] for e in loops] == ([batch // slice_rows] if slice_rows < batch else [])
-    assert inference.default_microbatch() == inference.CPU_MICROBATCH  # the suite runs on CPU
+    assert microbatch.default_microbatch() == microbatch.CPU_MICROBATCH  # the suite runs on CPU

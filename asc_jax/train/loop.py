@@ -22,6 +22,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from asc_jax import complexity, evaluate, inference, parallel
+from asc_jax.microbatch import default_microbatch
 from asc_jax.audio import frontends
 from asc_jax.checkpoint import TrainCheckpoints, read_spec, restore_weights, save_model
 from asc_jax.config import Config, config_diff, to_dict
@@ -313,7 +314,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     advance = _explain_out_of_memory(advance, config)
     # Frontend + model, compiled once for all evaluations (the state is an argument).
     eval_fn = jax.jit(inference.forward(graphdef, frontend.features,
-                                        microbatch=inference.default_microbatch()))
+                                        microbatch=default_microbatch()))
 
     with TrainCheckpoints(workdir / "checkpoints", keep_best=config.keep_best) as ckpts:
         if ckpts.latest_step() is not None:
@@ -390,7 +391,7 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
         deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
         deploy_graph, deploy_state = nnx.split(deploy)
         deploy_eval = jax.jit(inference.forward(deploy_graph, frontend.features,
-                                                 microbatch=inference.default_microbatch()))
+                                                 microbatch=default_microbatch()))
         deploy_logits = predict(deploy_eval, deploy_state, data.eval_source)
         deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
         max_diff = float(np.abs(deploy_logits - logits).max())
