@@ -35,7 +35,7 @@ from flax import nnx
 
 from asc_jax import typed
 from asc_jax.models.layers import (
-    BN_EPS, BN_MOMENTUM, ConvBN, DepthwiseConv, PointwiseConv, conv_init, run_stages)
+    BN_EPS, BN_MOMENTUM, BatchNorm, ConvBN, DepthwiseConv, PointwiseConv, conv_init, run_stages)
 from asc_jax.models.registry import register
 
 
@@ -70,7 +70,7 @@ class SubSpectralNorm(nnx.Module):
 
     def __init__(self, channels: int, sub_bands: int, *, rngs: nnx.Rngs):
         self.sub_bands = sub_bands
-        self.bn = nnx.BatchNorm(channels * sub_bands, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
+        self.bn = BatchNorm(channels * sub_bands, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         b, f, t, c = x.shape

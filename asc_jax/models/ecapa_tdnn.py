@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.layers import BN_EPS, BN_MOMENTUM, run_stages
+from asc_jax.models.layers import BN_EPS, BN_MOMENTUM, BatchNorm, run_stages
 from asc_jax.models.registry import register
 
 
@@ -44,8 +44,8 @@ class ECAPATDNNConfig:
     global_context: bool = False  # Attention also sees utterance mean/std (ECAPA paper; wespeaker "GLOB").
 
 
-def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
+def _bn(channels: int, rngs: nnx.Rngs) -> BatchNorm:
+    return BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
 
 
 class ConvReluBN(nnx.Module):
