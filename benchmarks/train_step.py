@@ -22,13 +22,13 @@ whole dispatches. `--compute-dtype bfloat16` runs every row in the bfloat16 comp
 (`optim.compute_dtype`). Every row states the extrapolated wall time of the paper's full recipe
 (150 epochs of split 100, 139,620 clips) at its throughput, compile excluded.
 
-`--compare-xla-convs` adds a row where DepthwiseConv/PointwiseConv run as plain `nnx.Conv`
-(XLA's grouped-convolution lowering) instead of the taps/matmul forms `asc_jax.models.layers`
-uses on CPU, to measure what those forms buy.
+The model runs with the conv_lowering a training run records on this backend
+(`layers.default_lowering`: "taps" on CPU, "xla" on an accelerator), shown in the table.
+`--compare-xla-convs` adds a row with `conv_lowering="xla"` (XLA's grouped and 1x1 convolutions
+and their autodiff) to measure what the CPU forms buy.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 
@@ -40,7 +40,7 @@ from flax import nnx
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import FRONTENDS, Frontend, logmel
-from asc_jax.models import build_model, layers
+from asc_jax.models import build_model, with_default_lowering
 from asc_jax.train import device_data, dispatch, steps
 from asc_jax.train.state import create_train_state
 from benchmarks import common
@@ -51,23 +51,12 @@ COLUMNS = ("model", "conv_lowering", "data", "dtype", "batch", "params", "build_
 FULL_RECIPE_CLIPS = 150 * 139_620
 
 
-@contextlib.contextmanager
-def xla_conv_lowering():
-    """Temporarily run DepthwiseConv/PointwiseConv through nnx.Conv (XLA's conv lowering)."""
-    saved = layers.DepthwiseConv.__call__, layers.PointwiseConv.__call__
-    layers.DepthwiseConv.__call__ = layers.PointwiseConv.__call__ = nnx.Conv.__call__
-    try:
-        yield
-    finally:
-        layers.DepthwiseConv.__call__, layers.PointwiseConv.__call__ = saved
-
-
 PASST_SIZES = {"small": {"embed_dim": 192, "depth": 4, "num_heads": 3}, "passt_s": {}}
 PASST_RECIPE = {"n_classes": 10, "s_patchout_f": 6}  # configs/passt_tau.py
 
 
 def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed: int,
-            frontend: Frontend = logmel(MelConfig()), lowering: str = "auto", *, on_device: bool = False,
+            frontend: Frontend = logmel(MelConfig()), *, on_device: bool = False,
             steps_per_dispatch: int = 1, compute_dtype: str = "float32") -> dict:
     """Builds, compiles and times the train step; returns one table row.
 
@@ -81,6 +70,7 @@ def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed:
     k = steps_per_dispatch if on_device else 1
     with common.PeakMemory() as mem:
         t0 = time.perf_counter()
+        options = with_default_lowering(model_name, options)  # as a training run records it
         model = build_model(model_name, rngs=nnx.Rngs(params=seed, default=seed + 1), **options)
         tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 0.01, 10, 1000))
         graphdef, state = create_train_state(model, tx)
@@ -118,7 +108,7 @@ def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed:
         timing = common.time_calls(one_dispatch, iters=max(1, n_steps // k), warmup=1)
     step_s = timing.median / k
     data = f"device, {k}/dispatch" if on_device else "host"
-    return {"model": model_name, "conv_lowering": lowering, "data": data, "dtype": compute_dtype,
+    return {"model": model_name, "conv_lowering": options.get("conv_lowering", "n/a"), "data": data, "dtype": compute_dtype,
             "batch": batch_size, "params": n_params,
             "build_s": t1 - t0, "trace_lower_s": t2 - t1, "compile_s": t3 - t2,
             "step_ms": 1000 * step_s, "step_cpu_ms": 1000 * timing.cpu_median / k,
@@ -150,12 +140,12 @@ def main(argv=None) -> dict:
         rows.append(measure(args.model, args.model_options, batch, max(n_steps, k), args.seed, on_device=True,
                             steps_per_dispatch=k, **dtype))
     if args.compare_xla_convs:
-        with xla_conv_lowering():
-            rows.append(measure(args.model, args.model_options, batch, n_steps, args.seed, lowering="xla", **dtype))
+        rows.append(measure(args.model, {**args.model_options, "conv_lowering": "xla"}, batch, n_steps, args.seed,
+                            **dtype))
     size = args.passt if args.passt != "auto" else ("small" if jax.default_backend() == "cpu" else "passt_s")
     if size != "none":
         row = measure("passt", {**PASST_RECIPE, **PASST_SIZES[size], **args.passt_options}, batch, n_steps,
-                      args.seed, frontend=FRONTENDS.get("passt")({}), lowering="n/a", **dtype)
+                      args.seed, frontend=FRONTENDS.get("passt")({}), **dtype)
         rows.append({**row, "model": f"passt ({size})"})
     mel = MelConfig()
     notes = [f"1-s clips at {mel.sample_rate} Hz, log-mel {mel.n_mels}x{mel.n_frames(mel.sample_rate)} on "
