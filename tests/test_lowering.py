@@ -14,6 +14,7 @@ from asc_jax import complexity
 from asc_jax.checkpoint import load_model, restore_weights, save_model
 from asc_jax.models import MODELS, build_model, layers, with_default_lowering
 from asc_jax.models.registry import CONV_LOWERING_MODELS
+from asc_jax.models.rep_mobile import BRANCH_KERNELS
 
 SHAPE = (1, 256, 63)
 # Pinned in test_models_rep_mobile.py / test_models_zoo.py: (params, MACs) on 256x63.
@@ -98,9 +99,10 @@ def test_both_lowerings_compute_the_same_model(name, deploy, randomize):
 
 def test_both_lowerings_give_the_same_gradients(randomize):
     """What "taps" exists for (fast CPU gradients) must not change what is learnt. A small
-    CP-Mobile: compiling these gradients is slow on CPU. Measured: max deviation ~4e-6 of the
-    largest gradient entry of a leaf."""
-    taps, xla = _pair("cp_mobile", False, randomize, base_channels=16, n_blocks=(1, 1, 1),
+    Rep-Mobile, whose four training branches run as one op under "taps"
+    (`layers.depthwise_branch_taps`): compiling these gradients is slow on CPU. Tolerance:
+    1e-4 of the largest gradient entry of a leaf (float summation order)."""
+    taps, xla = _pair("rep_mobile", False, randomize, base_channels=16, n_blocks=(1, 1, 1),
                       strides={"b2": (2, 2), "b3": (2, 1)})
     x = np.random.default_rng(1).normal(size=(2, 64, 32)).astype(np.float32)
 
@@ -126,3 +128,29 @@ def test_saved_options_choose_the_lowering_and_old_model_json_loads(tmp_path, ra
     np.testing.assert_allclose(_logits(xla, x), _logits(old, x), rtol=RTOL, atol=ATOL)
     save_model(tmp_path / "new", xla, name="cp_mobile", options={"conv_lowering": "xla"}, deploy=True)
     assert set(_lowered_modules(load_model(tmp_path / "new")[0]).values()) == {"xla"}
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (2, 1)])
+def test_branch_taps_equal_separate_depthwise_convs(strides):
+    """`depthwise_branch_taps` (Rep-Mobile's four training branches in one op) against XLA's
+    grouped convolution per branch: outputs and the gradients w.r.t. the input and every kernel,
+    to 1e-5 of their scale (float summation order)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(4, 9, 7, 5)), jnp.float32)
+    kernels = tuple(jnp.asarray(rng.normal(size=(*hw, 1, 5)), jnp.float32) for hw in BRANCH_KERNELS.values())
+    weights = [jnp.asarray(rng.normal(size=(4, (9 - 1) // strides[0] + 1, (7 - 1) // strides[1] + 1, 5)), jnp.float32)
+               for _ in kernels]
+
+    def reference(x, kernels):
+        return [jax.lax.conv_general_dilated(x, k, strides, layers.same_padding(k.shape[:2]),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5)
+                for k in kernels]
+
+    def loss(convs):
+        return lambda x, kernels: sum(jnp.sum(z * w) for z, w in zip(convs(x, kernels), weights))
+
+    got, want = layers.depthwise_branch_taps(x, kernels, strides), reference(x, kernels)
+    grads = [jax.grad(loss(f), argnums=(0, 1))(x, kernels)
+             for f in (lambda x, k: layers.depthwise_branch_taps(x, k, strides), reference)]
+    for a, b in zip(jax.tree.leaves((got, grads[0])), jax.tree.leaves((want, grads[1]))):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))

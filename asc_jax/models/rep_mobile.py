@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asc_jax import typed
-from asc_jax.models.layers import GRN, ConvBN, DepthwiseConv, avg_pool_3x3, make_divisible, run_stages
+from asc_jax.models.layers import (
+    GRN, ConvBN, DepthwiseConv, avg_pool_3x3, depthwise_branch_taps, make_divisible, run_stages)
 from asc_jax.models.registry import register
 
 # Training-time depthwise branches: name -> kernel (freq, time).
@@ -86,6 +87,7 @@ class RepDepthwise(nnx.Module):
             raise ValueError(f"unknown depthwise branches {sorted(unknown)}; known: {list(BRANCH_KERNELS)}")
         kernels = [BRANCH_KERNELS[b] for b in branches]
         self.kernel = (max(k[0] for k in kernels), max(k[1] for k in kernels))
+        self.stride, self.lowering = stride, lowering
         if deploy:
             self.fused = DepthwiseConv(channels, self.kernel, stride, use_bias=True, lowering=lowering,
                                        rngs=rngs)
@@ -99,6 +101,13 @@ class RepDepthwise(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if self.fused is not None:
             y = self.fused(x)
+        elif train and self.lowering == "taps":
+            # The branch convs read one input: in training one op computes them all
+            # (`depthwise_branch_taps`), each then through its own BN, as ConvBN(act=False) would.
+            # Inference mode calls each branch's conv, whose calls `complexity.count_macs` records.
+            branches = list(self.branches.values())
+            zs = depthwise_branch_taps(x, [b.conv.kernel[...] for b in branches], self.stride)
+            y = sum(b.bn(z, use_running_average=not train) for b, z in zip(branches, zs))
         else:
             y = sum(branch(x, train=train) for branch in self.branches.values())
         return jax.nn.relu(y)
