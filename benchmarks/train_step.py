@@ -24,8 +24,8 @@ whole dispatches. `--compute-dtype bfloat16` runs every row in the bfloat16 comp
 
 The model runs with the conv_lowering a training run records on this backend
 (`layers.default_lowering`: "taps" on CPU, "xla" on an accelerator), shown in the table.
-`--compare-xla-convs` adds a row with `conv_lowering="xla"` (XLA's grouped and 1x1 convolutions
-and their autodiff) to measure what the CPU forms buy.
+`--compare-xla-convs` adds a row with `conv_lowering="xla"` (every conv of the model as XLA's
+convolution and its autodiff) to measure what the CPU forms buy (models with that option).
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import FRONTENDS, Frontend, logmel
 from asc_jax.models import build_model, with_default_lowering
+from asc_jax.models.registry import CONV_LOWERING_MODELS
 from asc_jax.train import device_data, dispatch, steps
 from asc_jax.train.state import create_train_state
 from benchmarks import common
@@ -139,7 +140,7 @@ def main(argv=None) -> dict:
     for k in sorted({1, args.steps_per_dispatch}) if args.steps_per_dispatch else ():
         rows.append(measure(args.model, args.model_options, batch, max(n_steps, k), args.seed, on_device=True,
                             steps_per_dispatch=k, **dtype))
-    if args.compare_xla_convs:
+    if args.compare_xla_convs and args.model in CONV_LOWERING_MODELS:
         rows.append(measure(args.model, {**args.model_options, "conv_lowering": "xla"}, batch, n_steps, args.seed,
                             **dtype))
     size = args.passt if args.passt != "auto" else ("small" if jax.default_backend() == "cpu" else "passt_s")

@@ -108,10 +108,21 @@ def test_predict_batches_per_clip_rows_with_their_clips(saved):
         inference.predict(fn, audio, BATCH, rows={"gain": rows["gain"][:-1]})
 
 
-@pytest.mark.parametrize("batch, slice_rows", [(16, 8), (12, 6), (11, 1), (5, 5)])
-def test_microbatched_forward_equals_the_whole_batch(saved, batch, slice_rows):
-    """CPU inference loops over row slices (`asc_jax.microbatch`): the largest divisor of
-    the batch up to 8 rows (a prime batch: single rows; a batch of at most 8: one call). Frontend
+def _scan_lengths(jaxpr) -> list[int]:
+    """Lengths of the scans (`lax.map` loops) anywhere in a jaxpr, nested calls included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            found.append(eqn.params["length"])
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            found += _scan_lengths(sub)
+    return found
+
+
+@pytest.mark.parametrize("batch, slices", [(16, 2), (20, 2), (15, 0), (5, 0)])
+def test_microbatched_forward_equals_the_whole_batch(saved, batch, slices):
+    """Inference over 8-row slices (`asc_jax.microbatch`): a batch of 2 slices or more loops over
+    them (20 rows: 2 slices and one call on the 4 left over), a smaller one is one call. Frontend
     + model with a per-clip frontend input equals the whole-batch program to 1e-5 of the logit
     scale (summation order), rows in order."""
     audio = scene_audio(batch, 30 + batch)
@@ -124,6 +135,17 @@ def test_microbatched_forward_equals_the_whole_batch(saved, batch, slice_rows):
     plain = jax.jit(inference.forward(graphdef, features))
     sliced = inference.forward(graphdef, features, microbatch=8)
     _close(jax.jit(sliced)(state, audio, gain), np.asarray(plain(state, audio, gain)), 1e-5)
-    loops = [e for e in jax.make_jaxpr(sliced)(state, audio, gain).eqns if e.primitive.name == "scan"]
-    assert [e.params["length"] for e in loops] == ([batch // slice_rows] if slice_rows < batch else [])
-    assert microbatch.default_microbatch() == microbatch.CPU_MICROBATCH  # the suite runs on CPU
+    assert _scan_lengths(jax.make_jaxpr(sliced)(state, audio, gain).jaxpr) == ([slices] if slices else [])
+
+
+def test_functions_to_run_are_sliced_on_cpu_and_exports_are_not(saved):
+    """model_fn (jit=True, what prediction, evaluation and teachers run) loops over
+    `default_microbatch()` slices on CPU; the pure function that export traces (jit=False) is
+    the plain whole-batch program."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("slices are a CPU setting")
+    audio = scene_audio(16, 5)
+    jitted = jax.make_jaxpr(inference.model_fn(saved["model"], logmel(MEL).features))(audio)
+    pure = jax.make_jaxpr(inference.model_fn(saved["model"], logmel(MEL).features, jit=False))(audio)
+    assert _scan_lengths(jitted.jaxpr) == [16 // microbatch.CPU_MICROBATCH]
+    assert _scan_lengths(pure.jaxpr) == []

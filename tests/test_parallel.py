@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,29 @@ def _per_device_bn_losses(graphdef, state, mel, audio, labels, n_devices):
     return tuple(float(v) for v in both(audio, labels))
 
 
+def _sliced_eval_on_the_mesh(graphdef, state, mel, audio) -> dict:
+    """The evaluation function over 8-row slices (`asc_jax.microbatch`) on a batch sharded over
+    the 8 devices: its compiled program's collectives, its output's sharding, and its largest
+    deviation from the plain whole-batch function."""
+    from asc_jax import inference
+    from asc_jax.audio.features import log_mel
+
+    features = lambda x: log_mel(x, mel)  # noqa: E731
+    mesh = parallel.setup(N_DEVICES)
+    x = parallel.put_eval_batch(audio, mesh)
+    sliced = jax.jit(inference.forward(graphdef, features, microbatch=8))
+    hlo = sliced.lower((state.params, state.batch_stats), x).compile().as_text()
+    got = sliced((state.params, state.batch_stats), x)
+    want = jax.jit(inference.forward(graphdef, features))((state.params, state.batch_stats), audio)
+    # XLA:CPU's partitioner gathers an FFT's input (the plain program too): those gathers must
+    # hold one slice's rows, never the whole batch.
+    gathered = [int(m) for m in re.findall(r"= f32\[(\d+),[^\]]*\][^ ]* all-gather\(", hlo)]
+    return {"gathered_rows": gathered, "all_to_alls": hlo.count("all-to-all("),
+            "out_devices": len(got.sharding.device_set), "out_replicated": got.sharding.is_fully_replicated,
+            "max_diff": float(np.abs(np.asarray(got) - np.asarray(want)).max()),
+            "scale": float(np.abs(np.asarray(want)).max())}
+
+
 def _worker_data_parallel() -> dict:
     assert jax.device_count() == N_DEVICES, jax.devices()
     graphdef, init_state, _, mel, batches = _tiny_training()
@@ -157,6 +181,7 @@ def _worker_data_parallel() -> dict:
         uneven_batch_error = str(e)
     out = {"uneven_error": uneven_error, "uneven_batch_error": uneven_batch_error, "bn_control": _per_device_bn_losses(graphdef, init_state, mel, batches[0]["audio"],
                                                batches[0]["label"], N_DEVICES)}
+    out["microbatch"] = _sliced_eval_on_the_mesh(graphdef, init_state, mel, batches[0]["audio"])
     for n in (1, N_DEVICES):
         # Fresh (identically seeded) state and step per mesh: each must compile exactly once.
         _, state, step, _, _ = _tiny_training()
@@ -198,6 +223,12 @@ def test_eight_devices_train_like_one_device():
     # BatchNorm running statistics after step 1 come from the global batch on both.
     for a, b in zip(one["stats"], eight["stats"]):
         np.testing.assert_allclose(b, a, rtol=STATS_RTOL, atol=STATS_ATOL)
+    # Evaluation over row slices keeps the batch sharded: each device its own rows, and no
+    # gather of the whole batch (only the FFT's of one slice, which the plain program has too).
+    sliced = res["microbatch"]
+    assert sliced["gathered_rows"] and max(sliced["gathered_rows"]) == 8 and sliced["all_to_alls"] == 0, sliced
+    assert sliced["out_devices"] == N_DEVICES and not sliced["out_replicated"], sliced
+    assert sliced["max_diff"] <= 1e-5 * sliced["scale"], sliced
     # Negative control: per-device statistics would change the loss far beyond the tolerance.
     global_bn, per_device_bn = res["bn_control"]
     assert abs(per_device_bn - global_bn) / abs(global_bn) > PER_DEVICE_BN_MIN_REL_DIFF

@@ -187,9 +187,9 @@ def _depthwise_taps_bwd(strides, residuals, dys):
     x, kernels = residuals
     kernel_hws = [k.shape[:2] for k in kernels]
     channels = x.shape[-1]
-    # The input gradient reads each tap of every branch's dy once (one fused loop over the
-    # batch); the kernel gradients' reductions would need every tap materialised, so they run
-    # chunk by chunk, each chunk's taps of x shared by all branches.
+    # The input gradient: every branch's taps of its dy in one expression, which XLA fuses into
+    # a loop over the batch; the kernel gradients' reductions would need every tap
+    # materialised, so they run chunk by chunk, each chunk's taps of x shared by all branches.
     dx = sum(_depthwise_input_grad(dy, k, x.shape[1:3], strides) for dy, k in zip(dys, kernels))
     dk = _chunked_sum(lambda xc, *dyc: _depthwise_kernel_grad(xc, dyc, kernel_hws, strides), (x, *dys),
                       jnp.zeros((sum(kh * kw for kh, kw in kernel_hws), channels), _accumulator(kernels[0].dtype)),
@@ -221,9 +221,9 @@ def depthwise_branch_taps(x: jax.Array, kernels: Sequence[jax.Array], strides: S
     """`depthwise_taps(x, k, strides)` for each of several kernels over the same input, in one op.
 
     Rep-Mobile's training-time branches (3x3, 1x1, 3x1, 1x3 depthwise convs of one input): each
-    shifted window of x is sliced once for all branches, the input gradient of all branches is
-    one fused loop instead of one per branch plus their sum, and the kernel gradients share each
-    batch chunk's taps. The same results as separate `depthwise_taps` calls up to summation order
+    shifted window of x is sliced once for all branches, the branches' input gradients and their
+    sum are one expression (which XLA fuses) instead of four ops' outputs added afterwards, and
+    the kernel gradients share each batch chunk's taps. The same results as separate `depthwise_taps` calls up to summation order
     (test); the Rep-Mobile train step at batch 128 2993 -> 2753 ms (median of 4, interleaved).
     """
     return _depthwise_taps(x, tuple(kernels), (int(strides[0]), int(strides[1])))
@@ -360,6 +360,10 @@ class PointwiseConv(nnx.Conv):
         return y + self.bias[...] if self.bias is not None else y
 
 
+# The flax functions `BatchNorm` computes with (private in flax; the pinned flax has them).
+FLAX_NORM_INTERNALS = all(hasattr(flax_norm, f) for f in ("_canonicalize_axes", "_compute_stats", "_normalize"))
+
+
 class BatchNorm(nnx.BatchNorm):
     """nnx.BatchNorm with the same parameters, statistics and results, traced ~30 ms faster per
     training-mode call at a train step's size.
@@ -369,14 +373,15 @@ class BatchNorm(nnx.BatchNorm):
     walks every equation traced so far (`find_progenitors`), quadratic in the trace. In the
     Rep-Mobile train step the 39 BatchNorms spent 2.4 s of its 8.8 s trace there. Here the
     training-mode call computes what flax's does, with flax's own statistics and normalisation
-    functions, and stores the statistics with `set_value` (a plain replace). Eval mode, masks
-    and axis_name (pmap) calls are flax's unchanged.
+    functions, and stores the statistics with `set_value` (a plain replace; gradient-stopped and
+    in their stored dtype, as flax's update). Eval mode, masks and axis_name (pmap) calls are
+    flax's unchanged, and so is every call under a flax without those (private) functions.
     """
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None) -> jax.Array:
         train = use_running_average is False or (use_running_average is None and self.use_running_average is False)
-        if not train or mask is not None or self.axis_name is not None:
+        if not train or mask is not None or self.axis_name is not None or not FLAX_NORM_INTERNALS:
             return super().__call__(x, use_running_average, mask=mask)
         feature_axes = flax_norm._canonicalize_axes(x.ndim, self.axis)
         reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
@@ -388,8 +393,9 @@ class BatchNorm(nnx.BatchNorm):
                                                   dtype=self.dtype)
         mean, var = flax_norm._compute_stats(x, reduction_axes, dtype=self.dtype,
                                              use_fast_variance=self.use_fast_variance)
-        self.mean.set_value(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
-        self.var.set_value(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        for stat, batch_value in ((self.mean, mean), (self.var, var)):
+            new = self.momentum * stat[...] + (1 - self.momentum) * batch_value
+            stat.set_value(jax.lax.stop_gradient(new).astype(stat[...].dtype))
         return flax_norm._normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype,
                                     self.epsilon)
 
