@@ -24,10 +24,11 @@ jobs; one run each; README "Demo grid"), eval macro-class accuracy (chance 0.10)
     teacher CP-Mobile base 64 (seed 1)     0.774  (unseen devices 0.660), 38 min
     teacher Rep-Mobile base 64 (seed 2)    0.759  (unseen 0.587), 42 min
     precompute (6 views x 3,000 clips)     5.5 min
-    configs/kd_demo.py (seed 0)            0.704  (unseen 0.567), 10 min
-    no KD: configs/demo.py (seed 0)        0.671  (unseen 0.500); seeds 0-2: 0.683 +- 0.022
-One KD seed only: +3.3 points over the same seed without KD, about one seed std over the 3-seed
-mean. The same recipe over splits 5/25/100 and 3 seeds is the demo grid
+    configs/kd_demo.py:seed=0|1|2         0.708 +- 0.003 (0.704, 0.709, 0.711; unseen 0.573), 9-10 min
+    no KD: configs/demo.py:seed=0|1|2     0.683 +- 0.022 (0.671, 0.708, 0.670; unseen 0.540)
+KD gains +2.5 +- 2.1 points seed for seed (+3.3, +0.1, +4.1; one store, one set of teachers):
+in the paper's direction on every seed, about one no-KD seed std, so an indication rather than
+a significant effect. The same recipe over splits 5/25/100 is the demo grid
 (`python -m asc_jax.experiments demo`), not yet run.
 
 Variants: teachers=none|cnn|all, kd=cpjku|paper (asc_jax.distill.KD_PRESETS), store=PATH (default
