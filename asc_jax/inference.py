@@ -32,10 +32,10 @@ import numpy as np
 from flax import nnx
 
 from asc_jax import parallel
-from asc_jax.microbatch import default_microbatch, microbatched
 from asc_jax.audio.frontends import Frontend, frontend_of
 from asc_jax.checkpoint import load_model, read_spec, resolve_model_dir
 from asc_jax.data import pipeline, sources
+from asc_jax.microbatch import default_microbatch, microbatched
 
 Features = Callable[..., jax.Array]  # frontend: (waveform (B, n_samples), *args) -> model input
 

@@ -220,3 +220,19 @@ def report(name: str, rows: Sequence[dict[str, Any]], args: argparse.Namespace, 
     (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
     (args.out_dir / f"{name}.md").write_text(text + "\n")
     return result
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Replaces what lies between `<!-- {name}:start -->` and `<!-- {name}:end -->` in `path`.
+
+    Raises:
+      ValueError: the file lacks the markers.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{path} lacks the {start} ... {end} markers")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+

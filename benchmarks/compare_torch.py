@@ -28,8 +28,10 @@ from __future__ import annotations
 import copy
 import os
 import statistics
+import sys
 import time
 import traceback
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -38,10 +40,10 @@ import torch
 from flax import nnx
 
 from asc_jax import inference
-from asc_jax.microbatch import default_microbatch
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import logmel
+from asc_jax.microbatch import default_microbatch
 from asc_jax.models import build_model, with_default_lowering
 from asc_jax.reparam import fuse
 from asc_jax.surgery import load_into, module_tree
@@ -56,6 +58,8 @@ TRAIN_COLUMNS = ("task", "model", "impl", "batch", "params", "compile_s", "step_
                  "best_vs_torch_eager_cp_mobile", "n_timed", "status")
 INFER_COLUMNS = ("task", "model", "impl", "batch", "input", "params", "compile_s", "best_ms", "median_ms",
                  "cpu_ms", "ms_per_clip", "vs_torch_eager", "cpu_vs_torch_eager", "n_timed", "status")
+
+README = Path(__file__).resolve().parent / "README.md"  # --update-readme writes its section
 
 
 def _failure(exc: BaseException) -> str:
@@ -329,6 +333,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-torch-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write the machine, versions, targets and table into benchmarks/README.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
     batch = args.batch_size or (32 if args.quick else 128)
@@ -359,9 +365,25 @@ def main(argv=None) -> dict:
         f"{[round(x, 2) for x in os.getloadavg()]} on {len(os.sched_getaffinity(0))} usable cores.",
         "Targets (the issue's ratios from this run):\n\n" + common.markdown_table(target_rows),
     ]
-    return common.report("compare_torch", [*train_rows, *infer_rows], args,
-                         columns=TRAIN_COLUMNS + tuple(c for c in INFER_COLUMNS if c not in TRAIN_COLUMNS),
-                         notes=notes)
+    result = common.report("compare_torch", [*train_rows, *infer_rows], args,
+                           columns=TRAIN_COLUMNS + tuple(c for c in INFER_COLUMNS if c not in TRAIN_COLUMNS),
+                           notes=notes)
+    if args.update_readme:
+        common.replace_section(README, "compare_torch", readme_section(result, target_rows, argv))
+        print(f"updated {README}")
+    return result
+
+
+
+def readme_section(result: dict, target_rows: list[dict], argv) -> str:
+    """The README's record of a run: command, date, machine and versions, targets, the table."""
+    m = result["machine"]
+    command = " ".join(["python -m benchmarks.compare_torch", *(sys.argv[1:] if argv is None else argv)])
+    return "\n\n".join([
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d')}: {m['cpu']}, {m['usable_cores']} usable cores, "
+        f"load average at the end {m['load_average_1_5_15']}; Python {m['python']}, jax {m['jax']}, "
+        f"PyTorch {torch.__version__}. Ratios > 1: asc_jax faster; train from medians, inference from best times.",
+        common.markdown_table(target_rows), result["table"]])
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import numpy as np
 from flax import nnx
 
 from asc_jax import inference
-from asc_jax.microbatch import default_microbatch
 from asc_jax.audio.features import MelConfig
+from asc_jax.microbatch import default_microbatch
 from asc_jax.models import build_model
 from asc_jax.reparam import fuse
 from benchmarks import common

@@ -22,7 +22,6 @@ from benchmarks import common
 
 BENCHMARKS = ("train_step", "inference", "frontend", "data_pipeline", "teacher_precompute")
 README = Path(__file__).resolve().parent / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def run(name: str, quick: bool, out_dir: Path) -> tuple[dict, float]:
@@ -59,15 +58,6 @@ def machine_section(start: dict, end: dict, quick: bool, walls: dict[str, float]
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
-    readme = README.read_text()
-    if START not in readme or END not in readme:
-        raise ValueError(f"{README} lacks the {START} ... {END} markers")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
@@ -88,7 +78,7 @@ def main(argv=None) -> None:
     (args.out_dir / "summary.md").write_text(text + "\n")
     print("\n" + text)
     if args.update_readme:
-        update_readme(text)
+        common.replace_section(README, "results", text)
         print(f"\nupdated {README}")
 
 

@@ -33,12 +33,12 @@ import soundfile as sf
 from flax import nnx
 
 from asc_jax import distill, inference
-from asc_jax.microbatch import default_microbatch
 from asc_jax.audio import augment
 from asc_jax.audio.frontends import FRONTENDS
 from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
 from asc_jax.config import Config, DataConfig
 from asc_jax.data.tau import CLASSES, TAU_SAMPLE_RATE
+from asc_jax.microbatch import default_microbatch
 from asc_jax.models import build_model
 from benchmarks import common
 

@@ -22,11 +22,11 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from asc_jax import complexity, evaluate, inference, parallel
-from asc_jax.microbatch import default_microbatch
 from asc_jax.audio import frontends
 from asc_jax.checkpoint import TrainCheckpoints, read_spec, restore_weights, save_model
 from asc_jax.config import Config, config_diff, to_dict
 from asc_jax.data import pipeline, sources, tau
+from asc_jax.microbatch import default_microbatch
 from asc_jax.models import has_deploy_form, with_default_lowering
 from asc_jax.reparam import fuse
 from asc_jax.train import device_data, dispatch, steps
