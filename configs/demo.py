@@ -7,14 +7,15 @@ test clips, a few minutes), then trains the full Rep-Mobile for 6 epochs (276 st
 on the CPU or accelerator, and writes checkpoints, metrics, plots, the fused deploy model and its
 complexity report into the workdir.
 
-Measured (seed 0, one run each, on the project's 2-core CPU machine while shared with other jobs;
-README "The embedded dataset"), eval macro-class accuracy (chance 0.10):
+Measured (seeds 0-2 where given, else seed 0; the project's 2-core CPU machine, shared with other
+jobs; README "The embedded dataset"), eval macro-class accuracy (chance 0.10):
     configs/demo.py                       0.671  (seen devices 0.757, unseen s4-s6 0.500), 12 min
       seeds 0, 1, 2                       0.683 +- 0.022 (0.671, 0.708, 0.670); seen devices
                                           0.754, unseen 0.540 +- 0.058
-    configs/demo.py:split=25,epochs=24    0.639  (264 steps on 25 % of the clips; seed 0), 10 min
+    configs/demo.py:split=25,epochs=24    0.648 +- 0.015 (0.639, 0.666, 0.639; 264 steps on 25 % of
+                                          the clips; unseen 0.476 +- 0.046), 8-10 min
     configs/demo.py:split=5,epochs=138    0.424  (the same 276 steps on 5 % of the clips; seed 0)
-    configs/demo.py:model=cp_mobile       0.680  (seed 0), 7 min
+    configs/demo.py:model=cp_mobile       0.685 +- 0.012 (0.680, 0.699, 0.676; unseen 0.551), 6-7 min
 Over 3 seeds and more systems: the demo grid, `python -m asc_jax.experiments demo`.
 Variants: `configs/demo.py:epochs=12,model=cp_mobile,split=25`.
 """
