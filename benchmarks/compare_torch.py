@@ -412,7 +412,10 @@ def main(argv=None) -> dict:
 def readme_section(result: dict, target_rows: list[dict], argv) -> str:
     """The README's record of a run: command, date, machine and versions, targets, the table."""
     m = result["machine"]
-    command = " ".join(["python -m benchmarks.compare_torch", *(sys.argv[1:] if argv is None else argv)])
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--out-dir" in args:  # where the JSON went does not change the numbers
+        del args[args.index("--out-dir"):args.index("--out-dir") + 2]
+    command = " ".join(["python -m benchmarks.compare_torch", *args])
     return "\n\n".join([
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')}: {m['cpu']}, {m['usable_cores']} usable cores, "
         f"load average at the end {m['load_average_1_5_15']}; Python {m['python']}, jax {m['jax']}, "
