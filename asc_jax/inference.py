@@ -68,6 +68,12 @@ def forward(graphdef: nnx.GraphDef, features: Features | None = None, *,
     return fn
 
 
+def jitted_forward(graphdef: nnx.GraphDef, features: Features | None = None) -> Callable[..., jax.Array]:
+    """`forward` jitted, over slices of `default_microbatch()` rows: the function to run (the
+    training loop's evaluations, `model_fn`, the benchmarks)."""
+    return jax.jit(forward(graphdef, features, microbatch=default_microbatch()))
+
+
 def model_fn(model: nnx.Module, features: Features | None = None, *, jit: bool = True
              ) -> Callable[..., jax.Array]:
     """`x, *frontend_args -> logits` of a live model (float, QAT or int8).
@@ -81,10 +87,7 @@ def model_fn(model: nnx.Module, features: Features | None = None, *, jit: bool =
         constants of the traced program.
     """
     graphdef, state = nnx.split(model)
-    if jit:
-        fn = jax.jit(forward(graphdef, features, microbatch=default_microbatch()))
-    else:
-        fn = forward(graphdef, features)
+    fn = jitted_forward(graphdef, features) if jit else forward(graphdef, features)
     return lambda x, *frontend_args: fn(state, x, *frontend_args)
 
 

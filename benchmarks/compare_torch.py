@@ -50,7 +50,6 @@ from asc_jax import inference
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import logmel
-from asc_jax.microbatch import default_microbatch
 from asc_jax.models import build_model, with_default_lowering
 from asc_jax.reparam import fuse
 from asc_jax.surgery import load_into, module_tree
@@ -230,8 +229,7 @@ def inference_candidates(batch: int, input_kind: str, seed: int, use_compile: bo
     def asc_jax_setup():
         graphdef, state = nnx.split(jax_deploy)
         features = logmel(mel).features if input_kind == "wave" else None
-        fn = inference.forward(graphdef, features, microbatch=default_microbatch())
-        compiled = jax.jit(fn).lower(state, x).compile()
+        compiled = inference.jitted_forward(graphdef, features).lower(state, x).compile()
         # The input is passed as NumPy, as prediction receives it: the host->device copy is timed.
         return lambda: jax.block_until_ready(compiled(state, x))
 

@@ -21,7 +21,6 @@ from flax import nnx
 
 from asc_jax import inference
 from asc_jax.audio.features import MelConfig
-from asc_jax.microbatch import default_microbatch
 from asc_jax.models import build_model
 from asc_jax.reparam import fuse
 from benchmarks import common
@@ -43,7 +42,7 @@ def _forms(seed: int) -> dict[str, nnx.Module]:
 
 def _predictor(model: nnx.Module):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    fn = jax.jit(inference.forward(graphdef, microbatch=default_microbatch()))
+    fn = inference.jitted_forward(graphdef)
     return fn, (params, rest), sum(x.size for x in jax.tree.leaves(params))
 
 

@@ -38,7 +38,6 @@ from asc_jax.audio.frontends import FRONTENDS
 from asc_jax.audio.passt_frontend import PaSSTFrontendConfig, passt_logmel
 from asc_jax.config import Config, DataConfig
 from asc_jax.data.tau import CLASSES, TAU_SAMPLE_RATE
-from asc_jax.microbatch import default_microbatch
 from asc_jax.models import build_model
 from benchmarks import common
 
@@ -62,8 +61,7 @@ def make_teacher(model: nnx.Module, frontend: PaSSTFrontendConfig):
         wave = augment.apply_augment(wave, aug_params, STORE_AUG)
         return augment.apply_augment(passt_logmel(wave, frontend), aug_params, STORE_AUG)
 
-    fn = inference.forward(graphdef, replayed, microbatch=default_microbatch())
-    return jax.jit(fn), (params, rest)
+    return inference.jitted_forward(graphdef, replayed), (params, rest)
 
 
 def write_clips(root: Path, n: int, seed: int) -> Path:

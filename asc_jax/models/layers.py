@@ -223,8 +223,9 @@ def depthwise_branch_taps(x: jax.Array, kernels: Sequence[jax.Array], strides: S
     Rep-Mobile's training-time branches (3x3, 1x1, 3x1, 1x3 depthwise convs of one input): each
     shifted window of x is sliced once for all branches, the branches' input gradients and their
     sum are one expression (which XLA fuses) instead of four ops' outputs added afterwards, and
-    the kernel gradients share each batch chunk's taps. The same results as separate `depthwise_taps` calls up to summation order
-    (test); the Rep-Mobile train step at batch 128 2993 -> 2753 ms (median of 4, interleaved).
+    the kernel gradients share each batch chunk's taps. The same results as separate
+    `depthwise_taps` calls up to summation order (test); the Rep-Mobile train step at batch 128
+    2993 -> 2753 ms (median of 4, interleaved).
     """
     return _depthwise_taps(x, tuple(kernels), (int(strides[0]), int(strides[1])))
 

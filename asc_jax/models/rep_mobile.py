@@ -107,7 +107,7 @@ class RepDepthwise(nnx.Module):
             # Inference mode calls each branch's conv, whose calls `complexity.count_macs` records.
             branches = list(self.branches.values())
             zs = depthwise_branch_taps(x, [b.conv.kernel[...] for b in branches], self.stride)
-            y = sum(b.bn(z, use_running_average=not train) for b, z in zip(branches, zs))
+            y = sum(b.bn(z, use_running_average=False) for b, z in zip(branches, zs))
         else:
             y = sum(branch(x, train=train) for branch in self.branches.values())
         return jax.nn.relu(y)

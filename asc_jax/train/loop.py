@@ -26,7 +26,6 @@ from asc_jax.audio import frontends
 from asc_jax.checkpoint import TrainCheckpoints, read_spec, restore_weights, save_model
 from asc_jax.config import Config, config_diff, to_dict
 from asc_jax.data import pipeline, sources, tau
-from asc_jax.microbatch import default_microbatch
 from asc_jax.models import has_deploy_form, with_default_lowering
 from asc_jax.reparam import fuse
 from asc_jax.train import device_data, dispatch, steps
@@ -313,8 +312,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         config, graphdef, tx, frontend, feature_aug, key_aug, data, extras, steps_per_epoch, mesh)
     advance = _explain_out_of_memory(advance, config)
     # Frontend + model, compiled once for all evaluations (the state is an argument).
-    eval_fn = jax.jit(inference.forward(graphdef, frontend.features,
-                                        microbatch=default_microbatch()))
+    eval_fn = inference.jitted_forward(graphdef, frontend.features)
 
     with TrainCheckpoints(workdir / "checkpoints", keep_best=config.keep_best) as ckpts:
         if ckpts.latest_step() is not None:
@@ -390,8 +388,7 @@ def finalize(config: Config, workdir: Path, graphdef: nnx.GraphDef, state: Train
     if fused:
         deploy = fuse(model, lambda: config.model.build(nnx.Rngs(0), deploy=True))
         deploy_graph, deploy_state = nnx.split(deploy)
-        deploy_eval = jax.jit(inference.forward(deploy_graph, frontend.features,
-                                                 microbatch=default_microbatch()))
+        deploy_eval = inference.jitted_forward(deploy_graph, frontend.features)
         deploy_logits = predict(deploy_eval, deploy_state, data.eval_source)
         deploy_metrics = clip_metrics(deploy_logits, data.eval_clips)
         max_diff = float(np.abs(deploy_logits - logits).max())
