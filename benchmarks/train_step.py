@@ -56,6 +56,29 @@ PASST_SIZES = {"small": {"embed_dim": 192, "depth": 4, "num_heads": 3}, "passt_s
 PASST_RECIPE = {"n_classes": 10, "s_patchout_f": 6}  # configs/passt_tau.py
 
 
+def build_step(model_name: str, options: dict, seed: int, frontend: Frontend = logmel(MelConfig()),
+               compute_dtype: str = "float32"):
+    """The model's train state and its (unjitted) train step: the options the step runs with
+    (the backend's default conv lowering added, as a training run records it), state, step_fn.
+    The roll runs on the host (grain), so the step's augmentation is the frequency mask and
+    Freq-MixStyle."""
+    aug = augment.AugmentConfig(roll=None, freq_mask=augment.FreqMaskConfig(n_mels=frontend.n_mels))
+    options = with_default_lowering(model_name, options)
+    model = build_model(model_name, rngs=nnx.Rngs(params=seed, default=seed + 1), **options)
+    tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 0.01, 10, 1000))
+    graphdef, state = create_train_state(model, tx)
+    step_fn = steps.train_step_fn(graphdef, tx, frontend, aug, steps.classification_loss,
+                                  jax.random.key(seed), compute_dtype=compute_dtype)
+    return options, state, step_fn
+
+
+def host_batches(rng: np.random.Generator, batch_size: int, n_samples: int, n: int = 2) -> list[dict]:
+    """`n` numpy batches of noise clips and labels, as grain delivers them (alternated by the
+    timing loops, so that no call reuses the previous one's input buffer)."""
+    return [{"audio": rng.normal(0, 0.1, (batch_size, n_samples)).astype(np.float32),
+             "label": rng.integers(0, 10, batch_size).astype(np.int32)} for _ in range(n)]
+
+
 def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed: int,
             frontend: Frontend = logmel(MelConfig()), *, on_device: bool = False,
             steps_per_dispatch: int = 1, compute_dtype: str = "float32") -> dict:
@@ -65,19 +88,13 @@ def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed:
     on_device: a split of 8 batches' worth of int16 clips lives on the device and each dispatch
     runs `steps_per_dispatch` steps on batches drawn there (`dispatch.on_device`)."""
     # Host data: the roll ran on the host (grain); on device it is part of the program.
-    aug = augment.AugmentConfig(roll=None, freq_mask=augment.FreqMaskConfig(n_mels=frontend.n_mels))
     n_samples = frontend.sample_rate  # 1-s clips, as in DCASE2024 Task 1
     rng = np.random.default_rng(seed)
     k = steps_per_dispatch if on_device else 1
     with common.PeakMemory() as mem:
         t0 = time.perf_counter()
-        options = with_default_lowering(model_name, options)  # as a training run records it
-        model = build_model(model_name, rngs=nnx.Rngs(params=seed, default=seed + 1), **options)
-        tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 0.01, 10, 1000))
-        graphdef, state = create_train_state(model, tx)
+        options, state, step_fn = build_step(model_name, options, seed, frontend, compute_dtype)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        step_fn = steps.train_step_fn(graphdef, tx, frontend, aug, steps.classification_loss,
-                                      jax.random.key(seed), compute_dtype=compute_dtype)
         if on_device:
             audio = rng.normal(0, 0.1, (8 * batch_size, n_samples)).astype(np.float32)
             q, scale = device_data.quantize_int16(audio)
@@ -87,8 +104,7 @@ def measure(model_name: str, options: dict, batch_size: int, n_steps: int, seed:
             inputs = [(split,)] * 2  # k is static: the compiled program takes the rest
             lower = lambda: run.lower(state, split, k)  # noqa: E731
         else:
-            batches = [{"audio": rng.normal(0, 0.1, (batch_size, n_samples)).astype(np.float32),
-                        "label": rng.integers(0, 10, batch_size).astype(np.int32)} for _ in range(2)]
+            batches = host_batches(rng, batch_size, n_samples)
             run = jax.jit(step_fn, donate_argnums=0)
             inputs = [(b,) for b in batches]
             lower = lambda: run.lower(state, batches[0])  # noqa: E731
