@@ -35,9 +35,24 @@ log = logging.getLogger(__name__)
 DATA_AXIS = "data"
 
 
+STEPS = ("spmd", "shard_map")
+
+
 @dataclasses.dataclass(frozen=True)
 class ParallelConfig:
     num_devices: int = 1  # Devices the global batch is split over: 1 = one device, 0 = all (global).
+    # How the train step is split over the devices (with num_devices != 1). "spmd": the one-device
+    # step, jitted for sharded inputs; XLA's partitioner places every op, and on CPU it gathers
+    # the whole batch for the FFT and the "taps" lowering's chunked gradients. "shard_map": the
+    # step runs per device on its rows (`shard_step`), with the batch's couplings made global
+    # (BatchNorm statistics, MixStyle partners, augmentation draws, the mean loss and gradients;
+    # `steps.train_step_fn`'s axis_name). Both train as one device does, up to float order.
+    step: str = "spmd"
+    # XLA:CPU devices to create on this host (0 = JAX's default, one). XLA:CPU runs one op after
+    # another, each on few threads, so one device keeps 2 cores ~60 % busy in the train step;
+    # one device per core with `step="shard_map"` runs the shards side by side
+    # (benchmarks/README.md). Only on the CPU backend, and before JAX starts it (`setup`).
+    cpu_devices: int = 0
     # "host:port" of process 0 for multi-host runs; "" = $JAX_COORDINATOR_ADDRESS, else a cluster
     # JAX can detect (SLURM, Open MPI, ...) if `num_processes` > 1, else a single process.
     coordinator_address: str = ""
@@ -93,6 +108,10 @@ def setup(config: ParallelConfig | int | None = None) -> Mesh:
       config: a ParallelConfig, or just a device count (None/0 = all devices).
     """
     if isinstance(config, ParallelConfig):
+        if config.step not in STEPS:
+            raise ValueError(f"parallel.step={config.step!r}; known: {STEPS}")
+        if config.cpu_devices:
+            set_cpu_devices(config.cpu_devices)
         initialize_distributed(config)
         num_devices = config.num_devices
     else:
@@ -101,6 +120,32 @@ def setup(config: ParallelConfig | int | None = None) -> Mesh:
     log.info("data-parallel mesh: %d devices (%s), process %d of %d", mesh.size,
              mesh.devices.flat[0].platform, jax.process_index(), jax.process_count())
     return mesh
+
+
+def set_cpu_devices(n: int) -> None:
+    """Asks for `n` XLA:CPU devices on this host. JAX reads this when it starts its CPU backend:
+    a backend already started with another count is an error here, not a silent mismatch."""
+    from jax._src import xla_bridge  # whether a backend has started: no public API says so
+
+    current = jax.config.jax_num_cpu_devices
+    if current == n:
+        return
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(f"parallel.cpu_devices={n}: JAX's backends are already running with "
+                           f"jax_num_cpu_devices={current}; set it before anything touches a device "
+                           "(train.py does, from the config)")
+    jax.config.update("jax_num_cpu_devices", n)
+
+
+def shard_step(step: Any, mesh: Mesh) -> Any:
+    """`step(state, batch) -> (state, metrics)` run per device under `jax.shard_map`: the state
+    replicated, every batch leaf split along its leading axis over "data", the results
+    replicated. `step` must make its results device-invariant itself (`steps.train_step_fn`
+    with `axis_name=DATA_AXIS` averages over the axis); the replication is not checked
+    (check_vma=False): an invariant check would also make autodiff sum the gradients of the
+    replicated parameters over the devices, which the step's own mean already does."""
+    return jax.shard_map(step, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+                         out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
 
 
 def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:

@@ -40,13 +40,16 @@ STATS_RTOL, STATS_ATOL = 1e-5, 1e-6
 PER_DEVICE_BN_MIN_REL_DIFF = 1e-3
 
 
-def _env(n_devices: int) -> dict:
+def _env(n_devices: int | None) -> dict:
     # Optimisation level 0 halves XLA:CPU compile time; both runs of a comparison share it.
-    flags = f"--xla_force_host_platform_device_count={n_devices} --xla_backend_optimization_level=0"
+    # n_devices None: the worker's config sets the device count (parallel.cpu_devices).
+    flags = "--xla_backend_optimization_level=0"
+    if n_devices is not None:
+        flags = f"--xla_force_host_platform_device_count={n_devices} {flags}"
     return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
-def _run_worker(*args: str, n_devices: int) -> subprocess.Popen:
+def _run_worker(*args: str, n_devices: int | None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, *args], env=_env(n_devices), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -92,8 +95,9 @@ def test_initialize_distributed_is_a_no_op_for_single_process(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # 8 simulated devices vs 1 device
 # ----------------------------------------------------------------------------------------------
-def _tiny_training():
-    """A small Rep-Mobile, a short-window frontend and the full on-device augmentation."""
+def _tiny_training(shard_map_mesh=None):
+    """A small Rep-Mobile, a short-window frontend and the full on-device augmentation; with a
+    mesh, the step is the per-device shard_map one over it (`parallel.shard_step`)."""
     import optax
     from flax import nnx
 
@@ -112,7 +116,12 @@ def _tiny_training():
                         strides=(("b2", (2, 2)),))
     tx = optax.adam(1e-2)
     graphdef, state = create_train_state(model, tx)
-    step = steps.make_train_step(graphdef, tx, logmel(mel), aug, steps.classification_loss, jax.random.key(1))
+    if shard_map_mesh is None:
+        step = steps.make_train_step(graphdef, tx, logmel(mel), aug, steps.classification_loss, jax.random.key(1))
+    else:
+        step_fn = steps.train_step_fn(graphdef, tx, logmel(mel), aug, steps.classification_loss,
+                                      jax.random.key(1), axis_name=parallel.DATA_AXIS)
+        step = jax.jit(parallel.shard_step(step_fn, shard_map_mesh), donate_argnums=0)
     rng = np.random.default_rng(0)
     batches = [{"audio": rng.normal(size=(GLOBAL_BATCH, 3200)).astype(np.float32),
                 "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)} for _ in range(N_STEPS)]
@@ -182,10 +191,10 @@ def _worker_data_parallel() -> dict:
     out = {"uneven_error": uneven_error, "uneven_batch_error": uneven_batch_error, "bn_control": _per_device_bn_losses(graphdef, init_state, mel, batches[0]["audio"],
                                                batches[0]["label"], N_DEVICES)}
     out["microbatch"] = _sliced_eval_on_the_mesh(graphdef, init_state, mel, batches[0]["audio"])
-    for n in (1, N_DEVICES):
+    for n in (1, N_DEVICES, "shard_map"):
         # Fresh (identically seeded) state and step per mesh: each must compile exactly once.
-        _, state, step, _, _ = _tiny_training()
-        mesh = parallel.setup(n)
+        mesh = parallel.setup(N_DEVICES if n == "shard_map" else n)
+        _, state, step, _, _ = _tiny_training(mesh if n == "shard_map" else None)
         state = parallel.put_state(state, mesh)
         losses, stats_after_first = [], None
         for batch in batches:
@@ -209,20 +218,24 @@ def _worker_data_parallel() -> dict:
 @pytest.mark.slow  # ~35 s of CPU: three XLA compiles (1 device, 8 devices, the control)
 def test_eight_devices_train_like_one_device():
     res = _result(_run_worker("dp", n_devices=N_DEVICES))
-    one, eight = res["1"], res[str(N_DEVICES)]
+    one, eight, sharded = res["1"], res[str(N_DEVICES)], res["shard_map"]
     # 12 rows cannot be split over 8 devices: a clear error naming the field, not a crash.
     assert "['audio']" in res["uneven_error"] and "8 devices" in res["uneven_error"]
     assert "multiple of 8" in res["uneven_batch_error"]
     # Really sharded: 2 rows per device, state replicated on all 8.
     assert one["shard_rows"] == [GLOBAL_BATCH] and eight["shard_rows"] == [GLOBAL_BATCH // N_DEVICES]
     assert eight["param_replicated"] and eight["param_devices"] == N_DEVICES
-    assert one["compiles"] == eight["compiles"] == 1
-    # The trajectory moves (so agreement is not trivial) and agrees step by step.
+    assert sharded["shard_rows"] == [GLOBAL_BATCH // N_DEVICES] and sharded["param_replicated"]
+    assert one["compiles"] == eight["compiles"] == sharded["compiles"] == 1
+    # The trajectory moves (so agreement is not trivial) and agrees step by step, for the
+    # partitioned one-device step and for the per-device shard_map step (whose BatchNorm
+    # statistics, MixStyle partners, augmentation draws and gradient means cross devices).
     assert np.ptp(one["losses"]) > 1e3 * LOSS_RTOL
-    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=LOSS_RTOL)
-    # BatchNorm running statistics after step 1 come from the global batch on both.
-    for a, b in zip(one["stats"], eight["stats"]):
-        np.testing.assert_allclose(b, a, rtol=STATS_RTOL, atol=STATS_ATOL)
+    for other in (eight, sharded):
+        np.testing.assert_allclose(other["losses"], one["losses"], rtol=LOSS_RTOL)
+        # BatchNorm running statistics after step 1 come from the global batch.
+        for a, b in zip(one["stats"], other["stats"]):
+            np.testing.assert_allclose(b, a, rtol=STATS_RTOL, atol=STATS_ATOL)
     # Evaluation over row slices keeps the batch sharded: each device its own rows, and no
     # gather of the whole batch (only the FFT's of one slice, which the plain program has too).
     sliced = res["microbatch"]
@@ -272,7 +285,7 @@ def _worker_data_parallel_passt() -> dict:
 @pytest.mark.slow
 def test_eight_devices_train_a_passt_like_one_device():
     res = _result(_run_worker("dp_passt", n_devices=N_DEVICES))
-    one, eight = res["1"], res[str(N_DEVICES)]
+    one, eight, sharded = res["1"], res[str(N_DEVICES)], res["shard_map"]
     # No retrace (jax_explain_cache_misses reports none), but on 8 devices the step's C++ dispatch
     # cache gains a second entry at step 3 while every state leaf keeps its sharding, dtype and
     # weak type (not understood yet; the student step keeps one), so two entries are allowed.
@@ -348,6 +361,59 @@ def _worker_multihost_train(process_id: int, port: int, data: str, workdir: str)
             "deploy_accuracy": summary["deploy_eval"]["accuracy"]}
 
 
+def _worker_train_shard_map(data: str, workdir: str) -> dict:
+    """train_and_evaluate with cpu_devices=2 from the config (this process starts with JAX's one
+    CPU device): one device, then the same run split over both with the shard_map step."""
+    from asc_jax.config import Config, DataConfig, ModelConfig, OptimConfig
+    from asc_jax.train import train_and_evaluate
+
+    calls = []
+    shard_step = parallel.shard_step
+    parallel.shard_step = lambda *a, **k: calls.append(1) or shard_step(*a, **k)  # which path ran
+    out = {}
+    for name, num_devices, step in (("one", 1, "spmd"), ("shard_map", 2, "shard_map")):
+        calls.clear()
+        config = Config(
+            seed=3, data=DataConfig(root=data, generate=False),
+            model=ModelConfig(name="rep_mobile", options={"base_channels": 8, "n_blocks": (1, 1),
+                                                           "strides": (("b2", (2, 2)),)}),
+            optim=OptimConfig(lr=0.01, epochs=1, warmup_epochs=0, batch_size=16),
+            parallel=parallel.ParallelConfig(num_devices=num_devices, step=step, cpu_devices=2),
+            eval_every_epochs=1, log_every_steps=1)
+        summary = train_and_evaluate(config, Path(workdir) / name)
+        rows = (Path(workdir) / name / "metrics_train.csv").read_text().splitlines()
+        column = rows[0].split(",").index("loss")
+        out[name] = {"losses": [float(r.split(",")[column]) for r in rows[1:]],
+                     "accuracy": summary["eval"]["accuracy"], "devices": jax.device_count(),
+                     "shard_steps": len(calls)}
+    return out
+
+
+@pytest.mark.slow  # ~40 s: two tiny runs in one subprocess
+def test_train_runs_the_shard_map_step_like_one_device(tmp_path):
+    """parallel.step="shard_map" through train_and_evaluate, with the two CPU devices made from
+    parallel.cpu_devices: the loss of every step equals the one-device run's."""
+    from asc_jax.data import synthetic
+
+    data = tmp_path / "tau"
+    synthetic.ensure_dataset(data, n_train_per_class_device=2, n_test_per_class_device=1, clips_per_recording=1,
+                             train_locations_per_class=2, test_locations_per_class=1)  # 120 / 90 clips
+    res = _result(_run_worker("train_shard_map", str(data), str(tmp_path / "runs"), n_devices=None))
+    one, sharded = res["one"], res["shard_map"]
+    assert one["devices"] == 2 and len(one["losses"]) == 7  # 120 clips / 16, last partial batch dropped
+    assert (one["shard_steps"], sharded["shard_steps"]) == (0, 1)
+    assert np.ptp(one["losses"]) > 1e3 * LOSS_RTOL
+    np.testing.assert_allclose(sharded["losses"], one["losses"], rtol=LOSS_RTOL)
+
+
+def test_cpu_devices_after_the_backend_started_is_refused_and_unknown_steps_too():
+    jax.devices()  # this process's backend is running
+    with pytest.raises(RuntimeError, match="cpu_devices=3: JAX's backends are already running"):
+        parallel.set_cpu_devices(3)
+    with pytest.raises(ValueError, match=r"parallel.step='pmap'; known: \('spmd', 'shard_map'\)"):
+        parallel.setup(parallel.ParallelConfig(step="pmap"))
+
+
 # Opt-in (ASC_JAX_MULTIHOST_E2E=1) until an intermittent hang is understood: on a loaded 2-core
 # machine process 0 (the coordinator) sometimes stops making progress after its last
 # collective, while writing its files or at exit, and process 1 waits for it until a deadline
@@ -401,6 +467,8 @@ if __name__ == "__main__":
         os._exit(0)
     elif sys.argv[1] == "dp":
         print(json.dumps(_worker_data_parallel()))
+    elif sys.argv[1] == "train_shard_map":
+        print(json.dumps(_worker_train_shard_map(sys.argv[2], sys.argv[3])))
     elif sys.argv[1] == "dp_passt":
         print(json.dumps(_worker_data_parallel_passt()))
     elif sys.argv[1] == "multihost":

@@ -222,6 +222,9 @@ class MixStyleConfig:
 
     stage: ClassVar[str] = "mel"
     per_clip: ClassVar[bool] = False  # the partner index couples the batch
+    # Reads other examples of the batch (the partner's statistics): under a data-parallel
+    # shard_map, `apply` gathers them from every device (augment_batch passes `axis_name`).
+    couples_batch: ClassVar[bool] = True
     host_only: ClassVar[bool] = False
     alpha: float = 0.3  # Beta(alpha, alpha) for the mixing weight lambda
     p: float = 0.7  # probability of applying MixStyle
@@ -240,7 +243,7 @@ class MixStyleConfig:
         perm = jax.random.permutation(k_perm, batch_size).astype(jnp.int32)
         return {"apply": apply, "lmda": lmda, "perm": perm}
 
-    def apply(self, mel: jax.Array, params: Params) -> jax.Array:
+    def apply(self, mel: jax.Array, params: Params, axis_name: str | None = None) -> jax.Array:
         """Freq-MixStyle on a (B, n_mels, n_frames) log-mel.
 
         Transcribes ``mixstyle`` from the CPJKU DCASE code (cpjku_dcase23 ``helpers/utils.py``,
@@ -256,6 +259,10 @@ class MixStyleConfig:
 
         Here the coin flip, ``lmda`` and ``perm`` come from ``params``; examples whose ``apply``
         flag is False are returned unchanged (bit-exact).
+
+        ``axis_name``: ``mel`` is this device's shard of a batch split over that shard_map axis,
+        ``params`` its rows of the global batch's; ``perm`` indexes the global batch, whose
+        statistics are gathered from every device (as one device would compute them).
         """
         mu = jnp.mean(mel, axis=-1, keepdims=True)
         sig = jnp.sqrt(jnp.var(mel, axis=-1, ddof=1, keepdims=True) + self.eps)
@@ -263,8 +270,11 @@ class MixStyleConfig:
         x_normed = (mel - mu) / sig
         lmda = params["lmda"].astype(mel.dtype)[:, None, None]
         perm = params["perm"]
-        mu_mix = mu * lmda + mu[perm] * (1 - lmda)
-        sig_mix = sig * lmda + sig[perm] * (1 - lmda)
+        mu_all, sig_all = mu, sig
+        if axis_name is not None:
+            mu_all, sig_all = (jax.lax.all_gather(v, axis_name, tiled=True) for v in (mu, sig))
+        mu_mix = mu * lmda + mu_all[perm] * (1 - lmda)
+        sig_mix = sig * lmda + sig_all[perm] * (1 - lmda)
         return jnp.where(params["apply"][:, None, None], x_normed * sig_mix + mu_mix, mel)
 
 
@@ -417,7 +427,7 @@ def _stage_of(x) -> str:
 
 def augment_batch(
     key: jax.Array, x: jax.Array, cfg: AugmentConfig, params: Params | None = None, *,
-    sr: int | None = None,
+    sr: int | None = None, axis_name: str | None = None,
 ) -> tuple[jax.Array, Params]:
     """Augment a batch on device, sampling whatever ``params`` does not provide.
 
@@ -431,6 +441,12 @@ def augment_batch(
       params: optional {name: params} to replay (e.g. from a teacher-logit store); names missing
         here are sampled.
       sr: sample rate of the waveform; needed to sample a roll.
+      axis_name: ``x`` is this device's shard of a batch split over that shard_map axis (the
+        data-parallel step, `asc_jax.parallel.shard_step`). Parameters are then sampled for
+        the global batch with ``key`` (the same on every device) and each device takes its
+        rows, and MixStyle gathers its partners' statistics, so that the devices together
+        augment exactly as one device augments the global batch. Replayed ``params`` are
+        already the shard's rows.
 
     Returns:
       (augmented batch, {name: params used}) for the augmentations of this stage.
@@ -444,10 +460,23 @@ def augment_batch(
             continue
         if name not in params and op.stage == "wave" and sr is None:
             raise ValueError(f"sampling {name!r} needs the waveform's sample rate (sr)")
-        p = params[name] if name in params else op.sample(jax.random.fold_in(key, i), x.shape[0], sr)
-        x = op.apply(x, p)
+        if name in params:
+            p = params[name]
+        elif axis_name is None:
+            p = op.sample(jax.random.fold_in(key, i), x.shape[0], sr)
+        else:
+            p = _shard_rows(op.sample(jax.random.fold_in(key, i), x.shape[0] * jax.lax.axis_size(axis_name), sr),
+                            x.shape[0], axis_name)
+        coupled = axis_name is not None and getattr(op, "couples_batch", False)
+        x = op.apply(x, p, axis_name=axis_name) if coupled else op.apply(x, p)
         used[name] = p
     return x, used
+
+
+def _shard_rows(params: Params, rows: int, axis_name: str) -> Params:
+    """This device's `rows` rows of every (global batch, ...) parameter array."""
+    start = jax.lax.axis_index(axis_name) * rows
+    return jax.tree.map(lambda v: jax.lax.dynamic_slice_in_dim(v, start, rows), params)
 
 
 def apply_augment(x: jax.Array, params: Params, cfg: AugmentConfig) -> jax.Array:

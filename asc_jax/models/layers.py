@@ -375,14 +375,15 @@ class BatchNorm(nnx.BatchNorm):
     Rep-Mobile train step the 39 BatchNorms spent 2.4 s of its 8.8 s trace there. Here the
     training-mode call computes what flax's does, with flax's own statistics and normalisation
     functions, and stores the statistics with `set_value` (a plain replace; gradient-stopped and
-    in their stored dtype, as flax's update). Eval mode, masks and axis_name (pmap) calls are
-    flax's unchanged, and so is every call under a flax without those (private) functions.
+    in their stored dtype, as flax's update); with an `axis_name` the statistics are averaged
+    over that axis's devices as flax's are. Eval mode, masks and axis_index_groups are flax's
+    unchanged, and so is every call under a flax without those (private) functions.
     """
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None) -> jax.Array:
         train = use_running_average is False or (use_running_average is None and self.use_running_average is False)
-        if not train or mask is not None or self.axis_name is not None or not FLAX_NORM_INTERNALS:
+        if not train or mask is not None or self.axis_index_groups is not None or not FLAX_NORM_INTERNALS:
             return super().__call__(x, use_running_average, mask=mask)
         feature_axes = flax_norm._canonicalize_axes(x.ndim, self.axis)
         reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
@@ -392,7 +393,8 @@ class BatchNorm(nnx.BatchNorm):
         # but are updated from their stored (float32) values.
         x, _, _, scale, bias = self.promote_dtype((x, self.mean[...], self.var[...], scale, bias),
                                                   dtype=self.dtype)
-        mean, var = flax_norm._compute_stats(x, reduction_axes, dtype=self.dtype,
+        # axis_name (the data-parallel shard_map step): statistics averaged over its devices.
+        mean, var = flax_norm._compute_stats(x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
                                              use_fast_variance=self.use_fast_variance)
         for stat, batch_value in ((self.mean, mean), (self.var, var)):
             new = self.momentum * stat[...] + (1 - self.momentum) * batch_value

@@ -200,9 +200,13 @@ def _make_dispatch(config: Config, graphdef, tx, frontend, feature_aug, key_aug,
     k host batches stacked into one transfer and scanned. `data.on_device`: the split is put on
     the devices once and every step draws its batch there (`device_data`).
     """
+    sharded = config.parallel.step == "shard_map" and mesh.size > 1
     step_fn = steps.train_step_fn(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
                                   schedule=config.optim.schedule(steps_per_epoch),
-                                  compute_dtype=config.optim.compute_dtype)
+                                  compute_dtype=config.optim.compute_dtype,
+                                  axis_name=parallel.DATA_AXIS if sharded else None)
+    if sharded:
+        step_fn = parallel.shard_step(step_fn, mesh)
     sharding = parallel.batch_sharding(mesh)
 
     def constrain(batch):

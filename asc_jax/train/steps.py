@@ -48,6 +48,17 @@ def _set_norm_dtype(model: nnx.Module, dtype: jnp.dtype) -> None:
             module.dtype = dtype
 
 
+def _set_norm_axis(model: nnx.Module, axis_name: str | None) -> None:
+    """Makes the model's BatchNorms average their batch statistics over `axis_name` (the
+    data-parallel shard_map step), as `_set_norm_dtype` a trace-time attribute of the step's
+    own merged copy: the model itself stays free of parallelism."""
+    if axis_name is None:
+        return
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.BatchNorm):
+            module.axis_name = axis_name
+
+
 def _mel_replay(batch: Batch) -> dict:
     """Stored (teacher-time) parameters of log-mel augmentations, if the batch carries them."""
     return {k: v for k, v in batch.get("aug", {}).items() if k != "roll"}
@@ -62,6 +73,7 @@ def train_step_fn(
     key: jax.Array,
     schedule: optax.Schedule | None = None,
     compute_dtype: str = "float32",
+    axis_name: str | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The pure `step(state, batch) -> (state, metrics)` (unjitted; `make_train_step` jits it,
     `asc_jax.train.dispatch` scans it).
@@ -76,15 +88,25 @@ def train_step_fn(
       key: base PRNG key of the augmentations.
       schedule: learning-rate schedule, only for logging.
       compute_dtype: the model's compute dtype (`OptimConfig.compute_dtype`).
+      axis_name: the step runs per device under a data-parallel shard_map over this axis
+        (`asc_jax.parallel.shard_step`) on its shard of the batch. The batch's couplings are
+        then made global: augmentation parameters are drawn for the global batch
+        (`augment.augment_batch`), BatchNorm statistics are averaged over the devices, and the
+        loss, gradients and metrics too (batch means of equal shards), so the update is the
+        one a single device computes on the whole batch, up to float summation order.
+        Randomness drawn inside a model (dropout) is per shard.
     """
 
     dtype = jnp.dtype(compute_dtype)
+
+    def global_mean(tree):
+        return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(key, state.step)
         # The frontend and its augmentations stay float32 (the log of small mel powers).
         mel = frontend.training_features(batch["audio"], jax.random.fold_in(step_key, FRONTEND_STREAM))
-        mel, _ = augment.augment_batch(step_key, mel, aug_cfg, params=_mel_replay(batch))
+        mel, _ = augment.augment_batch(step_key, mel, aug_cfg, params=_mel_replay(batch), axis_name=axis_name)
 
         def objective(params, batch_stats):
             # copy=True builds fresh Variables at this trace level: NNX refuses to update (in
@@ -94,6 +116,7 @@ def train_step_fn(
             # (flax computes them in at least float32, and batch_stats are not cast).
             model = nnx.merge(graphdef, _cast_floats(params, dtype), batch_stats, copy=True)
             _set_norm_dtype(model, dtype)
+            _set_norm_axis(model, axis_name)
             logits, _ = model(mel.astype(dtype), train=True)
             logits = logits.astype(jnp.float32)
             loss, metrics = loss_fn(logits, batch)
@@ -101,12 +124,14 @@ def train_step_fn(
 
         (loss, (metrics, batch_stats, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params, state.batch_stats)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        loss, grads, metrics, accuracy = global_mean((loss, grads, metrics, accuracy))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             **metrics,
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "accuracy": accuracy,
             "grad_norm": optax.global_norm(grads),
             "update_norm": optax.global_norm(updates),
             "param_norm": optax.global_norm(params),
