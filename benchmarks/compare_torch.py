@@ -46,7 +46,7 @@ import optax
 import torch
 from flax import nnx
 
-from asc_jax import inference
+from asc_jax import inference, parallel
 from asc_jax.audio import augment
 from asc_jax.audio.features import MelConfig
 from asc_jax.audio.frontends import logmel
@@ -125,26 +125,42 @@ def _asc_jax_model(name: str, torch_model: torch.nn.Module, deploy: bool = False
     return load_into(lambda: build_model(name, rngs=nnx.Rngs(0), **options), tr.to_asc_jax_tree(torch_model))
 
 
-def train_candidates(name: str, batch: int, lr: float, seed: int, use_compile: bool) -> list[Candidate]:
+def sharded_impl(mesh) -> str:
+    return f"asc_jax shard_map x{mesh.size}"
+
+
+def train_candidates(name: str, batch: int, lr: float, seed: int, use_compile: bool,
+                     mesh=None) -> list[Candidate]:
     rng = np.random.default_rng(seed)
     batches = [{"audio": rng.normal(0, 0.1, (batch, MelConfig().sample_rate)).astype(np.float32),
                 "label": rng.integers(0, 10, batch).astype(np.int32)} for _ in range(2)]
     torch.manual_seed(seed)
     reference = tr.MODELS[name]()
 
-    def asc_jax_setup():
+    def asc_jax_setup(mesh=None):
+        """The train step on one device, or with `mesh` per device under shard_map
+        (`parallel.shard_step`, as train.py runs it with parallel.step="shard_map")."""
         model = _asc_jax_model(name, reference)
         tx = optax.adam(lr)
         graphdef, state = create_train_state(model, tx)
         aug = augment.AugmentConfig(roll=None, freq_mask=augment.FreqMaskConfig(), mixstyle=None)
-        build = functools.partial(steps.make_train_step, graphdef, tx, logmel(MelConfig()), aug,
-                                  steps.classification_loss, jax.random.key(seed))
-        compiled = build().lower(state, batches[0]).compile()
+        step_args = (graphdef, tx, logmel(MelConfig()), aug, steps.classification_loss, jax.random.key(seed))
+        inputs = batches
+        if mesh is None:
+            build = functools.partial(steps.make_train_step, *step_args)
+        else:
+            def build():
+                step_fn = steps.train_step_fn(*step_args, axis_name=parallel.DATA_AXIS)
+                return jax.jit(parallel.shard_step(step_fn, mesh), donate_argnums=0)
+            state = parallel.put_state(state, mesh)
+            inputs = [parallel.put_batch(b, mesh) for b in batches]
+        compiled = build().lower(state, inputs[0]).compile()
         holder = {"state": state, "i": 0}
-        lowered_args[name] = (build, state, batches[0])
+        if mesh is None:
+            lowered_args[name] = (build, state, batches[0])
 
         def call():
-            holder["state"], metrics = compiled(holder["state"], batches[holder["i"] % 2])
+            holder["state"], metrics = compiled(holder["state"], inputs[holder["i"] % 2])
             holder["i"] += 1
             jax.block_until_ready(metrics)
         return call
@@ -172,8 +188,10 @@ def train_candidates(name: str, batch: int, lr: float, seed: int, use_compile: b
         return time.perf_counter() - t0
 
     lowered_args = {}
-    out = [Candidate("asc_jax", asc_jax_setup, recompile=asc_jax_recompile),
-           Candidate("torch eager", torch_setup(False))]
+    out = [Candidate("asc_jax", asc_jax_setup, recompile=asc_jax_recompile)]
+    if mesh is not None:
+        out.append(Candidate(sharded_impl(mesh), functools.partial(asc_jax_setup, mesh)))
+    out.append(Candidate("torch eager", torch_setup(False)))
     if use_compile:
         out.append(Candidate("torch.compile", torch_setup(True)))
     for c in out:
@@ -181,8 +199,9 @@ def train_candidates(name: str, batch: int, lr: float, seed: int, use_compile: b
     return out
 
 
-def run_train(models, batch, rounds, steps_per_round, lr, seed, use_compile) -> list[dict]:
-    candidates = {(m, c.impl): c for m in models for c in train_candidates(m, batch, lr, seed, use_compile)}
+def run_train(models, batch, rounds, steps_per_round, lr, seed, use_compile, mesh=None) -> list[dict]:
+    candidates = {(m, c.impl): c for m in models
+                  for c in train_candidates(m, batch, lr, seed, use_compile, mesh)}
     for (model, impl), c in candidates.items():
         print(f"compiling train step: {model} / {impl}", flush=True)
         c.prepare()
@@ -317,10 +336,11 @@ def targets(train_rows, infer_rows, batch_sizes) -> list[dict]:
                     "met": "n/a" if got is None else ("yes" if (got >= target if target else got < 10) else "no")})
 
     if train_rows:
-        add("train: asc_jax cp_mobile vs torch eager cp_mobile",
-            _ratio(train_rows, task="train", model="cp_mobile", impl="asc_jax"), 1.5)
-        add("train: asc_jax rep_mobile (4 branches) vs torch eager cp_mobile",
-            _ratio(train_rows, task="train", model="rep_mobile", impl="asc_jax"), 1.0)
+        for impl in sorted({row["impl"] for row in train_rows if row["impl"].startswith("asc_jax")}):
+            add(f"train: {impl} cp_mobile vs torch eager cp_mobile",
+                _ratio(train_rows, task="train", model="cp_mobile", impl=impl), 1.5)
+            add(f"train: {impl} rep_mobile (4 branches) vs torch eager cp_mobile",
+                _ratio(train_rows, task="train", model="rep_mobile", impl=impl), 1.0)
         for row in train_rows:
             if row["impl"] == "asc_jax":
                 add(f"train: asc_jax {row['model']} compile (trace + lower + XLA compile)",
@@ -357,11 +377,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--torch-threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads (default: the usable cores)")
     parser.add_argument("--no-torch-compile", action="store_true", help="leave torch.compile out")
+    parser.add_argument("--cpu-devices", type=int, default=len(os.sched_getaffinity(0)),
+                        help="XLA:CPU devices for the shard_map train rows (parallel.step='shard_map', "
+                             "one device per core by default; 1: no such rows). Ignored off CPU")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--update-readme", action="store_true",
                         help="write the machine, versions, targets and table into benchmarks/README.md")
     args = parser.parse_args(argv)
+    # Before anything starts JAX's backend: the CPU devices the shard_map rows split the batch over.
+    if args.cpu_devices > 1:
+        parallel.set_cpu_devices(args.cpu_devices)
     torch.set_num_threads(args.torch_threads)
     # A fresh persistent compilation cache: compile_s is a cold compile, compile_warm_s reads it back.
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="asc_jax_compare_xla_"))
@@ -372,8 +398,11 @@ def main(argv=None) -> dict:
     use_compile = not args.no_torch_compile
     inputs = ("mel", "wave") if args.inference_input == "both" else (args.inference_input,)
     t0 = time.perf_counter()
+    mesh = None
+    if args.cpu_devices > 1 and jax.default_backend() == "cpu" and batch % args.cpu_devices == 0:
+        mesh = parallel.make_mesh(args.cpu_devices)
     train_rows = [] if args.skip_train else run_train(args.models, batch, rounds, steps_per_round, args.lr,
-                                                      args.seed, use_compile)
+                                                      args.seed, use_compile, mesh)
     infer_rows = [] if args.skip_inference else run_inference(
         args.inference_batch_sizes, inputs, rounds, 0.2 if args.quick else 1.0, args.seed, use_compile)
     target_rows = targets(train_rows, infer_rows, args.inference_batch_sizes)
