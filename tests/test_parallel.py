@@ -406,6 +406,19 @@ def test_train_runs_the_shard_map_step_like_one_device(tmp_path):
     np.testing.assert_allclose(sharded["losses"], one["losses"], rtol=LOSS_RTOL)
 
 
+def test_shard_map_refuses_models_that_draw_random_numbers():
+    """Dropout under the shard_map step would repeat its masks on every device: refused, named."""
+    from flax import nnx
+
+    from asc_jax.models import build_model
+    from asc_jax.train.loop import _refuse_model_randomness
+
+    _refuse_model_randomness(build_model("rep_mobile", rngs=nnx.Rngs(0), base_channels=8, n_blocks=(1, 1),
+                                         strides=(("b2", (2, 2)),)))
+    with pytest.raises(ValueError, match=r"shard_map': model .* draws random numbers .*dropout/rngs"):
+        _refuse_model_randomness(build_model("mobilenet", rngs=nnx.Rngs(0), width_mult=0.1))
+
+
 def test_cpu_devices_after_the_backend_started_is_refused_and_unknown_steps_too():
     jax.devices()  # this process's backend is running
     with pytest.raises(RuntimeError, match="cpu_devices=3: JAX's backends are already running"):

@@ -239,6 +239,17 @@ def _make_dispatch(config: Config, graphdef, tx, frontend, feature_aug, key_aug,
     return advance, None
 
 
+def _refuse_model_randomness(model) -> None:
+    """The shard_map step replicates the model's RNG streams, so every device would draw the
+    same dropout masks for its own rows: refused, naming the streams, rather than trained with
+    masks repeated across the batch (the students here draw none; "spmd" draws globally)."""
+    streams = ["/".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.RngState))]
+    if streams:
+        raise ValueError(f"parallel.step='shard_map': model {type(model).__name__} draws random numbers "
+                         f"in training ({', '.join(sorted(streams)[:4])}), which every device would draw "
+                         "alike for its rows; use parallel.step='spmd' for it")
+
+
 def _loss_fn(config: Config):
     if config.kd.store:
         from asc_jax.distill import make_kd_loss
@@ -307,6 +318,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     if config.model.init_from:
         _check_init_frontend(config.model.init_from, frontend)
         restore_weights(config.model.init_from, model)
+    if config.parallel.step == "shard_map" and mesh.size > 1:
+        _refuse_model_randomness(model)
     record_config(workdir, recorded)
     tx = config.optim.build(steps_per_epoch)
     graphdef, state = create_train_state(model, tx)

@@ -94,7 +94,8 @@ def train_step_fn(
         (`augment.augment_batch`), BatchNorm statistics are averaged over the devices, and the
         loss, gradients and metrics too (batch means of equal shards), so the update is the
         one a single device computes on the whole batch, up to float summation order.
-        Randomness drawn inside a model (dropout) is per shard.
+        A model's own RNG streams (dropout) are replicated, so every device would draw the
+        same masks; train_and_evaluate refuses such models for this step.
     """
 
     dtype = jnp.dtype(compute_dtype)
