@@ -205,6 +205,8 @@ register(Table(
 # students ~0.7x and the pruning rows scaled by their steps and widths: teachers ~4 h, students
 # ~4.5 h, pruning rows ~2.3 h, stores ~0.3 h, i.e. ~11 h for 3 seeds here (~5 h at the issue's
 # machine speed), against the one hour: the grid is GPU work (README, "Demo grid").
+# Measured on the Intel VM of 2026-12-02 (the grid's teacher table, run alone): a base-64
+# teacher 13-16 min, so teachers ~1.4 h, students ~1.5 h, pruning ~0.9 h: ~4 h for 3 seeds.
 DEMO_SPLITS: tuple[str, ...] = ("5", "25", "100")
 DEMO_CONFIG = "configs/demo.py"
 DEMO_BATCH = 64  # configs/demo.py's batch size
