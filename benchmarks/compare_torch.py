@@ -125,10 +125,6 @@ def _asc_jax_model(name: str, torch_model: torch.nn.Module, deploy: bool = False
     return load_into(lambda: build_model(name, rngs=nnx.Rngs(0), **options), tr.to_asc_jax_tree(torch_model))
 
 
-def sharded_impl(mesh) -> str:
-    return f"asc_jax shard_map x{mesh.size}"
-
-
 def train_candidates(name: str, batch: int, lr: float, seed: int, use_compile: bool,
                      mesh=None) -> list[Candidate]:
     rng = np.random.default_rng(seed)
@@ -150,8 +146,7 @@ def train_candidates(name: str, batch: int, lr: float, seed: int, use_compile: b
             build = functools.partial(steps.make_train_step, *step_args)
         else:
             def build():
-                step_fn = steps.train_step_fn(*step_args, axis_name=parallel.DATA_AXIS)
-                return jax.jit(parallel.shard_step(step_fn, mesh), donate_argnums=0)
+                return jax.jit(steps.sharded_train_step_fn(mesh, *step_args), donate_argnums=0)
             state = parallel.put_state(state, mesh)
             inputs = [parallel.put_batch(b, mesh) for b in batches]
         compiled = build().lower(state, inputs[0]).compile()
@@ -190,7 +185,7 @@ def train_candidates(name: str, batch: int, lr: float, seed: int, use_compile: b
     lowered_args = {}
     out = [Candidate("asc_jax", asc_jax_setup, recompile=asc_jax_recompile)]
     if mesh is not None:
-        out.append(Candidate(sharded_impl(mesh), functools.partial(asc_jax_setup, mesh)))
+        out.append(Candidate(f"asc_jax shard_map x{mesh.size}", functools.partial(asc_jax_setup, mesh)))
     out.append(Candidate("torch eager", torch_setup(False)))
     if use_compile:
         out.append(Candidate("torch.compile", torch_setup(True)))

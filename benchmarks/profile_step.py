@@ -34,6 +34,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from asc_jax.audio.features import MelConfig
 from benchmarks import common
 from benchmarks.train_step import build_step, host_batches
 
@@ -170,7 +171,7 @@ def main(argv=None) -> dict:
     batch = args.batch_size or (32 if args.quick else 128)
     n_steps = args.steps or (2 if args.quick else 3)
     options, state, step_fn = build_step(args.model, {}, args.seed)
-    batches = host_batches(np.random.default_rng(args.seed), batch, 32000)
+    batches = host_batches(np.random.default_rng(args.seed), batch, MelConfig().sample_rate)  # build_step's frontend
     run = jax.jit(step_fn, donate_argnums=0)
     compiled = run.lower(state, batches[0]).compile()
     ops = parse_hlo(compiled.as_text())
@@ -196,11 +197,10 @@ def main(argv=None) -> dict:
               ("by kind", by_kind, ("kind", "ms_per_step", "share")),
               ("top ops", top_ops, ("op", "kind", "direction", "source", "ms_per_step", "share"))]
     notes = [title] + [f"#### {name}\n\n{common.markdown_table(rows, cols)}" for name, rows, cols in tables]
-    rows = [{"table": name, **row} for name, rows_, _ in tables for row in rows_]
     print(f"trace: {trace_dir}")
     return common.report("profile_step", [{"model": args.model, "batch": batch, "steps": n_steps,
                                            "op_ms_per_step": total, "wall_ms_per_step": wall_ms}],
-                         args, notes=notes) | {"tables": rows}
+                         args, notes=notes)
 
 
 if __name__ == "__main__":

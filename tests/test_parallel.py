@@ -119,9 +119,9 @@ def _tiny_training(shard_map_mesh=None):
     if shard_map_mesh is None:
         step = steps.make_train_step(graphdef, tx, logmel(mel), aug, steps.classification_loss, jax.random.key(1))
     else:
-        step_fn = steps.train_step_fn(graphdef, tx, logmel(mel), aug, steps.classification_loss,
-                                      jax.random.key(1), axis_name=parallel.DATA_AXIS)
-        step = jax.jit(parallel.shard_step(step_fn, shard_map_mesh), donate_argnums=0)
+        step = jax.jit(steps.sharded_train_step_fn(shard_map_mesh, graphdef, tx, logmel(mel), aug,
+                                                   steps.classification_loss, jax.random.key(1)),
+                       donate_argnums=0)
     rng = np.random.default_rng(0)
     batches = [{"audio": rng.normal(size=(GLOBAL_BATCH, 3200)).astype(np.float32),
                 "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)} for _ in range(N_STEPS)]

@@ -200,13 +200,10 @@ def _make_dispatch(config: Config, graphdef, tx, frontend, feature_aug, key_aug,
     k host batches stacked into one transfer and scanned. `data.on_device`: the split is put on
     the devices once and every step draws its batch there (`device_data`).
     """
-    sharded = config.parallel.step == "shard_map" and mesh.size > 1
-    step_fn = steps.train_step_fn(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
-                                  schedule=config.optim.schedule(steps_per_epoch),
-                                  compute_dtype=config.optim.compute_dtype,
-                                  axis_name=parallel.DATA_AXIS if sharded else None)
-    if sharded:
-        step_fn = parallel.shard_step(step_fn, mesh)
+    make_step = functools.partial(steps.sharded_train_step_fn, mesh) if _shard_map_step(config, mesh) \
+        else steps.train_step_fn
+    step_fn = make_step(graphdef, tx, frontend, feature_aug, _loss_fn(config), key_aug,
+                        schedule=config.optim.schedule(steps_per_epoch), compute_dtype=config.optim.compute_dtype)
     sharding = parallel.batch_sharding(mesh)
 
     def constrain(batch):
@@ -237,6 +234,11 @@ def _make_dispatch(config: Config, graphdef, tx, frontend, feature_aug, key_aug,
         return scanned(state, parallel.put_batches(batches, mesh), k)
 
     return advance, None
+
+
+def _shard_map_step(config: Config, mesh) -> bool:
+    """Whether the run's train step runs per device under shard_map (parallel.step)."""
+    return config.parallel.step == "shard_map" and mesh.size > 1
 
 
 def _refuse_model_randomness(model) -> None:
@@ -318,7 +320,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     if config.model.init_from:
         _check_init_frontend(config.model.init_from, frontend)
         restore_weights(config.model.init_from, model)
-    if config.parallel.step == "shard_map" and mesh.size > 1:
+    if _shard_map_step(config, mesh):
         _refuse_model_randomness(model)
     record_config(workdir, recorded)
     tx = config.optim.build(steps_per_epoch)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from asc_jax import parallel
 from asc_jax.audio import augment
 from asc_jax.audio.frontends import Frontend
 from asc_jax.train.state import TrainState
@@ -144,6 +145,12 @@ def train_step_fn(
         return new_state, metrics
 
     return step
+
+
+def sharded_train_step_fn(mesh, *args, **kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """`train_step_fn(*args, **kwargs)` per device of `mesh` under shard_map, its couplings made
+    global over the mesh's data axis (parallel.step="shard_map"; unjitted, as train_step_fn)."""
+    return parallel.shard_step(train_step_fn(*args, axis_name=parallel.DATA_AXIS, **kwargs), mesh)
 
 
 def make_train_step(*args, **kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
