@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn import dtypes
+from flax.nnx.nn import normalization as flax_norm
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 1 - 0.9 here; eps 1e-5), so that converted
 # weights and the paper's recipe behave the same.
@@ -361,66 +361,8 @@ class PointwiseConv(nnx.Conv):
         return y + self.bias[...] if self.bias is not None else y
 
 
-def _mean(xs: tuple[jax.Array, ...], axes: tuple[int, ...], axis_name: str | None) -> tuple[jax.Array, ...]:
-    """Means over `axes`, kept as size-1 axes; with `axis_name` also over that axis's devices, in
-    one collective for all of them (as flax's `_compute_stats`)."""
-    means = tuple(x.mean(axes, keepdims=True) for x in xs)
-    if axis_name is None:
-        return means
-    return tuple(jax.lax.pmean(jnp.stack(means), axis_name))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, axes: tuple[int, ...],
-                     epsilon: float, axis_name: str | None, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Training-mode batch normalisation: `(y, mean, var)`, with flax's results (its fast
-    variance E[x^2] - E[x]^2 clipped at 0, statistics in at least float32, `y` in `dtype`) and a
-    hand-written backward pass.
-
-    Autodiff of flax's version differentiates each of its elementwise steps and both statistics
-    separately; the closed form below needs two reductions of the cotangent and one elementwise
-    pass. On XLA:CPU (2 Intel cores) a BatchNorm + ReLU forward and backward at batch 128 took
-    9 % (128x32x32 channels 32), 19 % (64x16x96) and 42 % (32x8x192) less time; the whole train
-    step was not yet measured with it.
-    `scale` and `bias` are already broadcastable to x (size-1 `axes`); `mean` and `var` keep
-    size-1 `axes` too. With `axis_name` (the shard_map step) the statistics are means over that
-    axis's devices, and the backward pass is autodiff's of that (tests/test_layers.py,
-    tests/test_parallel.py).
-    """
-    return _batch_norm_fwd(x, scale, bias, axes, epsilon, axis_name, dtype)[0]
-
-
-def _batch_norm_fwd(x, scale, bias, axes, epsilon, axis_name, dtype):
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean, mean_sq = _mean((x32, jnp.square(x32)), axes, axis_name)
-    var = jnp.maximum(0.0, mean_sq - jnp.square(mean))  # round-off can make it negative
-    inv = jax.lax.rsqrt(var + epsilon)
-    y = ((x32 - mean) * (inv * scale) + bias).astype(dtype)  # flax's order of operations
-    return (y, mean, var), (x, mean, var, inv, scale, bias)
-
-
-def _batch_norm_bwd(axes, epsilon, axis_name, dtype, residuals, cotangents):
-    x, mean, var, inv, scale, bias = residuals
-    dy, dmean, dvar = cotangents
-    count = functools.reduce(lambda n, a: n * x.shape[a], axes, 1)  # per device
-    centred = x.astype(mean.dtype) - mean
-    dy = dy.astype(mean.dtype)
-    dbias = dy.sum(axes, keepdims=True)
-    dy_centred = (dy * centred).sum(axes, keepdims=True)
-    if axis_name is None:
-        mean_dy, mean_dy_centred = dbias / count, dy_centred / count
-    else:  # autodiff's transpose of the statistics' pmean: the cotangents' means over devices
-        mean_dy, mean_dy_centred, dmean, dvar = _mean((dy, dy * centred, dmean, dvar), axes, axis_name)
-    # y = (x - mean) * inv * scale + bias, with mean and inv functions of x: the usual closed form.
-    dx = (scale * inv) * (dy - mean_dy - centred * jnp.square(inv) * mean_dy_centred)
-    # The statistics' own cotangents (zero where, as in BatchNorm, only the running averages use
-    # them): d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count where var > 0.
-    dx = dx + (dmean + 2 * centred * jnp.where(var > 0, dvar, 0.0)) / count
-    dscale = (dy_centred * inv).astype(scale.dtype)
-    return dx.astype(x.dtype), dscale, dbias.astype(bias.dtype)
-
-
-batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+# The flax functions `BatchNorm` computes with (private in flax; the pinned flax has them).
+FLAX_NORM_INTERNALS = all(hasattr(flax_norm, f) for f in ("_canonicalize_axes", "_compute_stats", "_normalize"))
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -431,34 +373,34 @@ class BatchNorm(nnx.BatchNorm):
     `getattr(tracer, "sharding", None)`; on a tracer that raises an AttributeError whose message
     walks every equation traced so far (`find_progenitors`), quadratic in the trace. In the
     Rep-Mobile train step the 39 BatchNorms spent 2.4 s of its 8.8 s trace there. Here the
-    training-mode call computes what flax's does (`batch_norm_train`: the same outputs and
-    statistics, a hand-written backward pass) and stores the statistics with `set_value` (a
-    plain replace; gradient-stopped and in their stored dtype, as flax's update); with an
-    `axis_name` the statistics are averaged over that axis's devices as flax's are. Eval mode,
-    masks, axis_index_groups, missing scale or bias and the slow variance are flax's unchanged.
+    training-mode call computes what flax's does, with flax's own statistics and normalisation
+    functions, and stores the statistics with `set_value` (a plain replace; gradient-stopped and
+    in their stored dtype, as flax's update); with an `axis_name` the statistics are averaged
+    over that axis's devices as flax's are. Eval mode, masks and axis_index_groups are flax's
+    unchanged, and so is every call under a flax without those (private) functions.
     """
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None) -> jax.Array:
         train = use_running_average is False or (use_running_average is None and self.use_running_average is False)
-        if (not train or mask is not None or self.axis_index_groups is not None
-                or self.scale is None or self.bias is None or not self.use_fast_variance
-                or jnp.iscomplexobj(x)):
+        if not train or mask is not None or self.axis_index_groups is not None or not FLAX_NORM_INTERNALS:
             return super().__call__(x, use_running_average, mask=mask)
-        feature_axes = {a % x.ndim for a in (self.axis if isinstance(self.axis, tuple) else (self.axis,))}
+        feature_axes = flax_norm._canonicalize_axes(x.ndim, self.axis)
         reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
         # As flax: the running statistics take part in the dtype promotion of x, scale and bias,
         # but are updated from their stored (float32) values.
-        x, _, _, scale, bias = self.promote_dtype((x, self.mean[...], self.var[...], self.scale[...],
-                                                   self.bias[...]), dtype=self.dtype)
-        feature_shape = [x.shape[i] if i in feature_axes else 1 for i in range(x.ndim)]
-        y, mean, var = batch_norm_train(
-            x, scale.reshape(feature_shape), bias.reshape(feature_shape), reduction_axes, self.epsilon,
-            self.axis_name, dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
+        x, _, _, scale, bias = self.promote_dtype((x, self.mean[...], self.var[...], scale, bias),
+                                                  dtype=self.dtype)
+        # axis_name (the data-parallel shard_map step): statistics averaged over its devices.
+        mean, var = flax_norm._compute_stats(x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
+                                             use_fast_variance=self.use_fast_variance)
         for stat, batch_value in ((self.mean, mean), (self.var, var)):
-            new = self.momentum * stat[...] + (1 - self.momentum) * batch_value.reshape(stat.shape)
+            new = self.momentum * stat[...] + (1 - self.momentum) * batch_value
             stat.set_value(jax.lax.stop_gradient(new).astype(stat[...].dtype))
-        return y
+        return flax_norm._normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype,
+                                    self.epsilon)
 
 
 class ConvBN(nnx.Module):
